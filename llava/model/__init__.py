@@ -1,0 +1,1 @@
+"""Model side of LLaVA: checkpoint loading and the tiny offline checkpoint builder."""

@@ -1,0 +1,1 @@
+"""LLaVA: the library (conversation templates, image handling, models, training, evaluation)."""

@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from llava.conversation import conv_templates, template_for_model  # noqa: E402
 from llava.errors import LlavaError  # noqa: E402
 from llava.generation import GenerationParams, stream_generate  # noqa: E402
-from llava.images import PROCESS_MODES, ImageError, load_image  # noqa: E402
+from llava.images import PROCESS_MODES, load_image  # noqa: E402
 from llava.model.loader import load_pretrained, model_name_from_path  # noqa: E402
 
 
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             answer(loaded, conv, params)
             if args.prompt is not None:
                 return 0
-    except (LlavaError, ImageError) as e:
+    except LlavaError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

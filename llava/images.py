@@ -19,8 +19,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from llava.errors import LlavaError
 
-class ImageError(ValueError):
+
+class ImageError(LlavaError, ValueError):
     """Bad image input; the message says what was wrong and what is accepted."""
 
 

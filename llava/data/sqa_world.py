@@ -1,0 +1,234 @@
+"""ScienceQA-style multiple-choice problems about the shape world, in ScienceQA's own schema.
+
+Picture problems are made from a scene's symbolic context (boxes only, like the teacher); text-context
+problems describe a scene in the hint instead of showing it; no-context problems ask facts about colours
+and shapes. Subjects, grades and topics are our world's stand-ins for ScienceQA's categories.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+from llava.data.teacher import Item, matching, read_items, uniquely_named
+from llava.data.world import Scene, article, full_caption, number_word, sample_scene, scene_context
+from llava.model.tiny import COLORS, SHAPES
+
+LECTURES = {
+    "colors": "Color is one way to tell objects apart. Red, green, blue, yellow, purple and orange are colors.",
+    "shapes": "A circle is round and has no corners. A square has four equal sides. A triangle has three sides.",
+    "numbers": "To count objects, point to each one once and say the numbers in order.",
+    "space": "Words like left, right, top and bottom tell where an object is in a picture.",
+    "size": "To compare sizes, look at how much space each object takes up.",
+}
+CORNERS = {"circle": 0, "triangle": 3, "square": 4}
+MIXES = {("red", "yellow"): "orange", ("blue", "yellow"): "green", ("blue", "red"): "purple"}
+Problem = dict[str, Any]
+Maker = Callable[[list[Item], random.Random], Problem | None]
+
+
+def _problem(question: str, correct: str, wrong: list[str], rng: random.Random, **fields: Any) -> Problem:
+    """Shuffle the options; `answer` is the index of `correct`."""
+    choices = [correct, *wrong]
+    rng.shuffle(choices)
+    base = {"hint": "", "image": None, "task": "closed choice", "category": fields.get("topic", "")}
+    return {**base, **fields, "question": question, "choices": choices, "answer": choices.index(correct)}
+
+
+def _a(noun: str) -> str:
+    return f"{article(noun)} {noun}"
+
+
+def _are(n: int) -> str:
+    return "is" if n == 1 else "are"
+
+
+def _numbers(n: int, rng: random.Random, low: int = 1) -> list[str]:
+    """Two wrong counts near n."""
+    wrong = [k for k in range(low, 5) if k != n]
+    return [number_word(k) for k in rng.sample(wrong, 2)]
+
+
+# --- picture problems (context from boxes) --------------------------------------------------------
+
+
+def color_of_shape(items: list[Item], rng: random.Random) -> Problem | None:
+    shapes = [s for s in SHAPES if len(matching(items, shape=s)) == 1]
+    if not shapes:
+        return None
+    shape = rng.choice(shapes)
+    color = matching(items, shape=shape)[0].color
+    wrong = rng.sample([c for c in COLORS if c != color], 2)
+    return _problem(
+        f"What color is the {shape} in the picture?", color, wrong, rng, subject="colors", topic="color",
+        grade="grade1", skill="identify colors", lecture=LECTURES["colors"],
+        solution=f"Look at the picture. The {shape} is {color}.",
+    )  # fmt: skip
+
+
+def shape_of_color(items: list[Item], rng: random.Random) -> Problem | None:
+    colors = [c for c in COLORS if len(matching(items, color=c)) == 1]
+    if not colors:
+        return None
+    color = rng.choice(colors)
+    shape = matching(items, color=color)[0].shape
+    return _problem(
+        f"Which shape is {color}?", shape, [s for s in SHAPES if s != shape], rng, subject="shapes", topic="shape",
+        grade="grade1", skill="identify shapes", lecture=LECTURES["shapes"],
+        solution=f"Look at the picture. The {color} object is {_a(shape)}.",
+    )  # fmt: skip
+
+
+def count_all(items: list[Item], rng: random.Random) -> Problem:
+    n = len(items)
+    return _problem(
+        "How many shapes are in the picture?", number_word(n), _numbers(n, rng), rng, subject="numbers",
+        topic="counting", grade="grade2", skill="count objects", lecture=LECTURES["numbers"],
+        solution=f"Count the shapes in the picture. There {_are(n)} {number_word(n)}.",
+    )  # fmt: skip
+
+
+def count_kind(items: list[Item], rng: random.Random) -> Problem:
+    if rng.random() < 0.5:
+        color = rng.choice(COLORS)
+        n, noun = len(matching(items, color=color)), f"{color} shapes"
+    else:
+        shape = rng.choice(SHAPES)
+        n, noun = len(matching(items, shape=shape)), f"{shape}s"
+    return _problem(
+        f"How many {noun} are in the picture?", number_word(n), _numbers(n, rng, low=0), rng, subject="numbers",
+        topic="counting", grade="grade3", skill="count objects by kind", lecture=LECTURES["numbers"],
+        solution=f"Count only the {noun}. There {_are(n)} {number_word(n) if n else 'none'}.",
+    )  # fmt: skip
+
+
+def largest(items: list[Item], rng: random.Random) -> Problem | None:
+    large = [i for i in items if i.size == "large"]
+    unique = uniquely_named(items)
+    if len(items) < 2 or len(large) != 1 or large[0] not in unique:
+        return None
+    others = [f"the {i.name}" for i in unique if i is not large[0]]
+    if not others:
+        return None
+    return _problem(
+        "Which shape is the largest?", f"the {large[0].name}", rng.sample(others, min(2, len(others))), rng,
+        subject="shapes", topic="size", grade="grade4", skill="compare sizes", lecture=LECTURES["size"],
+        solution=f"The {large[0].name} is large and the other shapes are small.",
+    )  # fmt: skip
+
+
+def extreme(items: list[Item], rng: random.Random) -> Problem | None:
+    unique = uniquely_named(items)
+    if len(unique) < 2:
+        return None
+    axis, word = rng.choice([(0, "furthest to the left"), (0, "furthest to the right"), (1, "highest"), (1, "lowest")])
+    ranked = sorted(items, key=lambda i: i.center[axis], reverse=word in ("furthest to the right", "lowest"))
+    best = ranked[0]
+    if best not in unique or abs(best.center[axis] - ranked[1].center[axis]) < 0.1:
+        return None
+    others = [f"the {i.name}" for i in unique if i is not best]
+    return _problem(
+        f"Which object is {word}?", f"the {best.name}", rng.sample(others, min(2, len(others))), rng,
+        subject="space", topic="position", grade="grade5", skill="compare positions", lecture=LECTURES["space"],
+        solution=f"The {best.name} is {best.where}, so it is {word}.",
+    )  # fmt: skip
+
+
+def present(items: list[Item], rng: random.Random) -> Problem:
+    item = rng.choice(items)
+    absent = [f"{c} {s}" for c in COLORS for s in SHAPES if not matching(items, color=c, shape=s)]
+    return _problem(
+        "Which of these shapes is in the picture?", _a(item.name), [_a(a) for a in rng.sample(absent, 2)], rng,
+        subject="shapes", topic="shape", grade="grade2", skill="find objects", lecture=LECTURES["shapes"],
+        solution=f"Look at the picture. There is {_a(item.name)}; the other two are not there.",
+    )  # fmt: skip
+
+
+PICTURE_MAKERS: tuple[Maker, ...] = (color_of_shape, shape_of_color, count_all, count_kind, largest, extreme, present)
+
+
+# --- text-context and no-context problems ---------------------------------------------------------
+
+
+def described(scene: Scene, rng: random.Random) -> Problem:
+    """The scene is told in the hint, not shown; the question is answered by reading."""
+    items = read_items(scene_context(scene))
+    for _ in range(20):
+        maker = rng.choice((color_of_shape, shape_of_color, count_all, largest, extreme))
+        p = maker(items, rng)
+        if p:
+            break
+    else:
+        p = count_all(items, rng)
+    p["question"] = p["question"].replace("in the picture", "in the description")
+    p["hint"] = f"Here is a description of a picture. {full_caption(scene)}"
+    p["solution"] = p["solution"].replace("Look at the picture.", "Read the description.")
+    p["grade"] = "grade6" if p["grade"] >= "grade4" else "grade4"
+    return p
+
+
+def fact(rng: random.Random) -> Problem:
+    """General knowledge about colours and shapes, no context at all."""
+    kind = rng.randrange(4)
+    if kind == 0:
+        shape = rng.choice(SHAPES)
+        n = CORNERS[shape]
+        wrong = [number_word(k) for k in CORNERS.values() if k != n]
+        return _problem(
+            f"How many corners does a {shape} have?", number_word(n), wrong, rng, subject="shapes",
+            topic="geometry", grade="grade3", skill="shape properties", lecture=LECTURES["shapes"],
+            solution=f"{_a(shape).capitalize()} has {number_word(n) if n else 'no'} corners.",
+        )  # fmt: skip
+    if kind == 1:
+        shape = rng.choice(SHAPES)
+        n = CORNERS[shape]
+        clue = "no corners" if n == 0 else f"exactly {number_word(n)} sides"
+        return _problem(
+            f"Which shape has {clue}?", shape, [s for s in SHAPES if s != shape], rng, subject="shapes",
+            topic="geometry", grade="grade3", skill="shape properties", lecture=LECTURES["shapes"],
+            solution=f"{_a(shape).capitalize()} has {clue}.",
+        )  # fmt: skip
+    if kind == 2:
+        color = rng.choice(COLORS)
+        return _problem(
+            "Which of these words names a color?", color, rng.sample(SHAPES, 2), rng, subject="colors",
+            topic="color words", grade="grade2", skill="word meaning", lecture=LECTURES["colors"],
+            solution=f"{color.capitalize()} is a color. The other words name shapes.",
+        )  # fmt: skip
+    (a, b), mix = rng.choice(list(MIXES.items()))
+    return _problem(
+        f"Which color do you get when you mix {a} and {b} paint?", mix,
+        rng.sample([c for c in COLORS if c not in (a, b, mix)], 2), rng, subject="colors", topic="color mixing",
+        grade="grade5", skill="mix colors", lecture=LECTURES["colors"],
+        solution=f"Mixing {a} and {b} paint gives {mix}.",
+    )  # fmt: skip
+
+
+# --- a whole set ----------------------------------------------------------------------------------
+
+
+def make_problems(
+    rng: random.Random, n: int, split: str, start: int = 0, text_share: float = 0.15, fact_share: float = 0.1
+) -> tuple[dict[str, Problem], dict[str, Scene]]:
+    """`n` problems keyed by id, and the scene behind every picture problem (to render its image.png)."""
+    problems: dict[str, Problem] = {}
+    scenes: dict[str, Scene] = {}
+    for k in range(start, start + n):
+        pid = f"shapes-{split}-{k:06d}"
+        roll = rng.random()
+        if roll < fact_share:
+            p = fact(rng)
+        elif roll < fact_share + text_share:
+            p = described(sample_scene(rng), rng)
+        else:
+            scene = sample_scene(rng)
+            items = read_items(scene_context(scene))
+            p = None
+            while p is None:
+                p = rng.choice(PICTURE_MAKERS)(items, rng)
+            p["image"] = "image.png"
+            scenes[pid] = scene
+        p["split"] = split
+        problems[pid] = p
+    return problems, scenes

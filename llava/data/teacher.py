@@ -1,0 +1,393 @@
+"""The rule-based teacher: captions + boxes in, the paper's three response types out.
+
+Like the paper's text-only GPT-4, it never sees pixels: it reads the labelled boxes of a `SceneContext`
+(`red circle: [x1, y1, x2, y2]`) and derives counts, sizes, positions and relations from them. Output is
+LLaVA-Instruct JSON (`id`, `image`, `conversations` with `from: human|gpt`), so a real LLaVA-Instruct
+file and ours train the same way.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from llava.data.world import (
+    LARGE_THRESHOLD,
+    SceneContext,
+    article,
+    join_words,
+    number_word,
+    plural,
+    region_of,
+    region_phrase,
+)
+from llava.model.tiny import COLORS, SHAPES
+
+QA = tuple[str, str]
+RESPONSE_TYPES = ("conversation", "detail", "complex_reasoning")
+
+DETAIL_QUESTIONS = (
+    "Describe the image in detail.",
+    "Give a detailed description of the image.",
+    "Describe this picture in detail.",
+    "What do you see in the image? Describe it in detail.",
+    "Explain the visual content of the image in great detail.",
+)
+BRIEF_QUESTIONS = (  # stage 1: the paper's "describe briefly" instructions paired with a caption
+    "Describe the image concisely.",
+    "Give a short description of the image.",
+    "Summarize the visual content of the image.",
+    "What is in the picture?",
+    "Write a brief caption for the image.",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One object as the teacher reads it from a labelled box."""
+
+    color: str
+    shape: str
+    box: tuple[float, float, float, float]
+
+    @property
+    def side(self) -> float:
+        return max(self.box[2] - self.box[0], self.box[3] - self.box[1])
+
+    @property
+    def size(self) -> str:
+        return "large" if self.side > LARGE_THRESHOLD else "small"
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return (self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2
+
+    @property
+    def where(self) -> str:
+        return region_phrase(region_of(self.center))
+
+    @property
+    def name(self) -> str:
+        return f"{self.color} {self.shape}"
+
+    def phrase(self, position: bool = True) -> str:
+        """'a large red circle on the left'."""
+        words = f"{article(self.size)} {self.size} {self.color} {self.shape}"
+        return f"{words} {self.where}" if position else words
+
+
+def read_items(context: SceneContext) -> list[Item]:
+    """Objects from the context's boxes, left to right; labels must be `<colour> <shape>`."""
+    items = []
+    for label, box in context.boxes:
+        parts = label.split()
+        if len(parts) != 2 or parts[0] not in COLORS or parts[1] not in SHAPES:
+            raise ValueError(f"box label {label!r} is not '<colour> <shape>' with known words")
+        if len(box) != 4 or not all(0.0 <= v <= 1.0 for v in box) or box[0] >= box[2] or box[1] >= box[3]:
+            raise ValueError(f"box {box!r} of {label!r} is not a normalised [x1, y1, x2, y2]")
+        items.append(Item(parts[0], parts[1], tuple(float(v) for v in box)))  # type: ignore[arg-type]
+    if not items:
+        raise ValueError("the context has no boxes; the teacher needs at least one object")
+    return sorted(items, key=lambda i: (i.center[0], i.center[1]))
+
+
+def _are(n: int) -> str:
+    return "is" if n == 1 else "are"
+
+
+def matching(items: list[Item], *, color: str | None = None, shape: str | None = None) -> list[Item]:
+    return [i for i in items if (color is None or i.color == color) and (shape is None or i.shape == shape)]
+
+
+def _pick(rng: random.Random, options: tuple[str, ...] | list[str]) -> str:
+    return options[rng.randrange(len(options))]
+
+
+# --- single questions (the canonical ones and their paraphrases) ---------------------------------
+
+
+def ask_color(items: list[Item], rng: random.Random) -> QA:
+    shape = rng.choice([i.shape for i in items] + [rng.choice(SHAPES)])
+    q = _pick(rng, ("What color is the {s}?", "What is the color of the {s}?", "Which color does the {s} have?"))
+    q = q.format(s=shape)
+    found = matching(items, shape=shape)
+    if not found:
+        return q, f"There is no {shape} in the image."
+    if len(found) == 1:
+        return q, f"The {shape} is {found[0].color}."
+    colors = [i.color for i in found]
+    if len(set(colors)) == 1:
+        return q, f"There are {number_word(len(found))} {shape}s, and they are all {colors[0]}."
+    return q, f"There are {number_word(len(found))} {shape}s: {join_words([i.phrase() for i in found])}."
+
+
+def ask_shape(items: list[Item], rng: random.Random) -> QA:
+    color = rng.choice([i.color for i in items] + [rng.choice(COLORS)])
+    q = _pick(rng, ("What shape is the {c} object?", "What is the shape of the {c} object?", "Which shape is {c}?"))
+    q = q.format(c=color)
+    found = matching(items, color=color)
+    if not found:
+        return q, f"There is no {color} object in the image."
+    if len(found) == 1:
+        return q, f"The {color} object is {article(found[0].shape)} {found[0].shape}."
+    return q, f"There are {number_word(len(found))} {color} objects: {join_words([i.phrase() for i in found])}."
+
+
+def ask_count_all(items: list[Item], rng: random.Random) -> QA:
+    q = _pick(
+        rng,
+        ("How many shapes are there in the image?", "How many objects are in the picture?", "Count the shapes."),
+    )
+    n = len(items)
+    return q, f"There {_are(n)} {number_word(n)} {plural('shape', n)} in the image."
+
+
+def ask_count_some(items: list[Item], rng: random.Random) -> QA:
+    if rng.random() < 0.5:
+        color = rng.choice([i.color for i in items] + [rng.choice(COLORS)])
+        n = len(matching(items, color=color))
+        noun = f"{color} {_pick(rng, ('shapes', 'objects'))}"
+        q = f"How many {noun} are there?"
+        noun = noun if n != 1 else noun[:-1]
+    else:
+        shape = rng.choice([i.shape for i in items] + [rng.choice(SHAPES)])
+        n = len(matching(items, shape=shape))
+        q = _pick(rng, ("How many {p} are there?", "How many {p} are in the image?")).format(p=shape + "s")
+        noun = plural(shape, n)
+    return q, f"There {_are(n)} {number_word(n) if n else 'no'} {noun}."
+
+
+def ask_exists(items: list[Item], rng: random.Random) -> QA:
+    if rng.random() < 0.5:  # a yes question
+        target = rng.choice(items)
+        color, shape = target.color, target.shape
+    elif rng.random() < 0.6:  # a hard no: the colour or the shape is there, not together
+        keep = rng.choice(items)
+        options = [(keep.color, s) for s in SHAPES] + [(c, keep.shape) for c in COLORS]
+        options = [o for o in options if not matching(items, color=o[0], shape=o[1])]
+        color, shape = rng.choice(options) if options else (keep.color, keep.shape)
+    else:
+        color, shape = rng.choice(COLORS), rng.choice(SHAPES)
+    q = _pick(
+        rng,
+        ("Is there a {c} {s} in the image?", "Can you see a {c} {s}?", "Does the image contain a {c} {s}?"),
+    ).format(c=color, s=shape)
+    found = matching(items, color=color, shape=shape)
+    if not found:
+        return q, f"No, there is no {color} {shape} in the image."
+    if len(found) == 1:
+        return q, f"Yes, there is {found[0].phrase()}."
+    return q, f"Yes, there are {number_word(len(found))} {color} {shape}s."
+
+
+def uniquely_named(items: list[Item]) -> list[Item]:
+    """Items whose colour + shape pair names them alone."""
+    return [i for i in items if len(matching(items, color=i.color, shape=i.shape)) == 1]
+
+
+def ask_where(items: list[Item], rng: random.Random) -> QA | None:
+    unique = uniquely_named(items)
+    if not unique:
+        return None
+    item = rng.choice(unique)
+    q = _pick(rng, ("Where is the {n}?", "In which part of the image is the {n}?", "Where is the {n} located?"))
+    return q.format(n=item.name), f"The {item.name} is {item.where}."
+
+
+def ask_size(items: list[Item], rng: random.Random) -> QA | None:
+    unique = uniquely_named(items)
+    if not unique:
+        return None
+    item = rng.choice(unique)
+    q = _pick(rng, ("Is the {n} large or small?", "How big is the {n}?", "What size is the {n}?")).format(n=item.name)
+    return q, f"The {item.name} is {item.size}."
+
+
+def ask_brief(items: list[Item], rng: random.Random, context: SceneContext | None = None) -> QA:
+    caption = context.captions[0] if context else f"{number_word(len(items)).capitalize()} shapes."
+    return _pick(rng, BRIEF_QUESTIONS), caption
+
+
+CONVERSATION_QUESTIONS: tuple[Callable[[list[Item], random.Random], QA | None], ...] = (
+    ask_color,
+    ask_shape,
+    ask_count_all,
+    ask_count_some,
+    ask_exists,
+    ask_where,
+    ask_size,
+)
+
+
+def conversation(items: list[Item], rng: random.Random, turns: tuple[int, int] = (2, 5)) -> list[QA]:
+    """A multi-turn conversation of canonical questions (and paraphrases), no question twice."""
+    n = rng.randint(*turns)
+    out: list[QA] = []
+    for _ in range(4 * n):
+        qa = rng.choice(CONVERSATION_QUESTIONS)(items, rng)
+        if qa and qa[0] not in {q for q, _ in out}:
+            out.append(qa)
+        if len(out) == n:
+            break
+    return out
+
+
+# --- detailed description -----------------------------------------------------------------------
+
+
+def describe(items: list[Item]) -> str:
+    """Every object with size, colour, shape and position, left to right, then one observation."""
+    n = len(items)
+    text = [f"The image shows {number_word(n)} {plural('shape', n)} on a light background."]
+    for k, item in enumerate(items):
+        lead = "There is" if k == 0 else "There is also" if k < n - 1 or n == 2 else "Finally, there is"
+        text.append(f"{lead} {item.phrase()}.")
+    colors = {i.color for i in items}
+    shapes = {i.shape for i in items}
+    if n == 1:
+        text.append("It is the only shape in the picture.")
+    elif len(colors) == 1:
+        text.append(f"All the shapes are {items[0].color}.")
+    elif len(shapes) == 1:
+        text.append(f"All the shapes are {items[0].shape}s.")
+    else:
+        text.append(f"The shapes have {number_word(len(colors))} different colors.")
+    return " ".join(text)
+
+
+def detail(items: list[Item], rng: random.Random) -> QA:
+    return _pick(rng, DETAIL_QUESTIONS), describe(items)
+
+
+# --- complex reasoning --------------------------------------------------------------------------
+
+
+def reason_largest(items: list[Item], rng: random.Random) -> QA | None:
+    if len(items) < 2:
+        return None
+    q = _pick(rng, ("Which shape is the largest?", "Which object is the biggest in the image?"))
+    large = [i for i in items if i.size == "large"]
+    if len(large) == 1:
+        others = "the others are" if len(items) > 2 else "the other one is"
+        return q, f"The {large[0].name} {large[0].where} is the largest shape; it is large, while {others} small."
+    if not large:
+        return q, f"All {number_word(len(items))} shapes are small, so none of them is clearly the largest."
+    names = join_words([f"the {i.name}" for i in large])
+    return q, f"There are {number_word(len(large))} large shapes, {names}, and they are about the same size."
+
+
+def reason_common(items: list[Item], rng: random.Random) -> QA | None:
+    if len(items) < 2:
+        return None
+    q = _pick(rng, ("What do the shapes have in common?", "What do the objects in the image share?"))
+    every = "Both" if len(items) == 2 else "All of them"
+    shared = []
+    if len({i.color for i in items}) == 1:
+        shared.append(f"they are {items[0].color}")
+    if len({i.shape for i in items}) == 1:
+        shared.append(f"they are {items[0].shape}s")
+    if len({i.size for i in items}) == 1:
+        shared.append(f"they are {items[0].size}")
+    if shared:
+        return q, f"{every} have something in common: {join_words(shared)}."
+    return q, (
+        f"They differ in color, shape or size: {join_words([i.phrase(position=False) for i in items])}. "
+        "What they share is that they are flat shapes on the same light background."
+    )
+
+
+def reason_extreme(items: list[Item], rng: random.Random) -> QA | None:
+    if len(items) < 2:
+        return None
+    axis, word = rng.choice([(0, "furthest to the left"), (0, "furthest to the right"), (1, "highest"), (1, "lowest")])
+    reverse = word in ("furthest to the right", "lowest")
+    ranked = sorted(items, key=lambda i: i.center[axis], reverse=reverse)
+    if (
+        abs(ranked[0].center[axis] - ranked[1].center[axis]) < 0.1
+        or len(matching(items, color=ranked[0].color, shape=ranked[0].shape)) > 1
+    ):
+        return None
+    q = f"Which object is {word}?" if word != "highest" else "Which object is highest in the image?"
+    return q, f"The {ranked[0].name} is {word}; it is {ranked[0].where}."
+
+
+def reason_left_of(items: list[Item], rng: random.Random) -> QA | None:
+    unique = uniquely_named(items)
+    if len(unique) < 2:
+        return None
+    a, b = rng.sample(unique, 2)
+    dx = a.center[0] - b.center[0]
+    if abs(dx) < 0.1:
+        return None
+    q = f"Is the {a.name} to the left of the {b.name}?"
+    if dx < 0:
+        return q, f"Yes, the {a.name} is to the left of the {b.name}: it is {a.where}, and the {b.name} is {b.where}."
+    return q, f"No, the {a.name} is to the right of the {b.name}: it is {a.where}, and the {b.name} is {b.where}."
+
+
+def reason_more(items: list[Item], rng: random.Random) -> QA | None:
+    s1, s2 = rng.sample(SHAPES, 2)
+    n1, n2 = len(matching(items, shape=s1)), len(matching(items, shape=s2))
+    q = f"Are there more {s1}s than {s2}s?"
+    facts = f"there {_are(n1)} {number_word(n1) if n1 else 'no'} {plural(s1, n1)} and {number_word(n2) if n2 else 'no'} {plural(s2, n2)}"
+    if n1 > n2:
+        return q, f"Yes, {facts}."
+    if n1 == n2:
+        return q, f"No, {facts}, so there are as many {s1}s as {s2}s."
+    return q, f"No, {facts}, so there are fewer {s1}s than {s2}s."
+
+
+def reason_remove(items: list[Item], rng: random.Random) -> QA | None:
+    unique = uniquely_named(items)
+    if not unique:
+        return None
+    gone = rng.choice(unique)
+    left = [i for i in items if i is not gone]
+    q = f"If the {gone.name} were removed, how many shapes would be left?"
+    if not left:
+        return q, f"None. The {gone.name} is the only shape, so the picture would be empty."
+    rest = join_words([i.phrase(position=False) for i in left])
+    return q, f"There would be {number_word(len(left))} {plural('shape', len(left))} left: {rest}."
+
+
+REASONING_QUESTIONS = (reason_largest, reason_common, reason_extreme, reason_left_of, reason_more, reason_remove)
+
+
+def complex_reasoning(items: list[Item], rng: random.Random) -> list[QA]:
+    """One reasoning question with an answer that states the evidence."""
+    for _ in range(20):
+        qa = rng.choice(REASONING_QUESTIONS)(items, rng)
+        if qa:
+            return [qa]
+    return [reason_more(items, rng)]  # always answerable
+
+
+# --- records ------------------------------------------------------------------------------------
+
+
+def to_record(record_id: str, image: str | None, qas: list[QA]) -> dict:
+    """LLaVA-Instruct JSON: the image token goes first in the first human turn."""
+    conversations = []
+    for k, (q, a) in enumerate(qas):
+        human = f"<image>\n{q}" if k == 0 and image is not None else q
+        conversations += [{"from": "human", "value": human}, {"from": "gpt", "value": a}]
+    record: dict = {"id": record_id}
+    if image is not None:
+        record["image"] = image
+    record["conversations"] = conversations
+    return record
+
+
+def teach(context: SceneContext, response_type: str, rng: random.Random) -> list[QA]:
+    """Question/answer pairs of one response type from a picture's symbolic context."""
+    items = read_items(context)
+    if response_type == "conversation":
+        return conversation(items, rng)
+    if response_type == "detail":
+        return [detail(items, rng)]
+    if response_type == "complex_reasoning":
+        return complex_reasoning(items, rng)
+    if response_type == "brief":
+        return [ask_brief(items, rng, context)]
+    raise ValueError(f"unknown response type {response_type!r}; use one of {RESPONSE_TYPES + ('brief',)}")

@@ -1,0 +1,130 @@
+"""ScienceQA-format problems about the world: schema, QCM -> LEA, answer parsing, malformed files."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pytest
+
+from llava.data.build import write_dataset
+from llava.data.instruct import DataFormatError, load_instruct
+from llava.data.scienceqa import (
+    context_modality,
+    format_kept,
+    lea_answer,
+    load_problems,
+    parse_answer,
+    qcm_prompt,
+    save_problems,
+    to_instruct,
+)
+from llava.data.sqa_world import make_problems
+
+FIELDS = {"question", "choices", "answer", "hint", "image", "task", "grade", "subject", "topic", "category", "skill"}
+FIELDS |= {"lecture", "solution", "split"}
+
+
+@pytest.fixture(scope="module")
+def problems():
+    return make_problems(random.Random(0), 400, "train")
+
+
+def test_problems_use_scienceqa_fields(problems):
+    probs, scenes = problems
+    assert len(probs) == 400
+    for pid, p in probs.items():
+        assert set(p) == FIELDS, pid
+        assert p["split"] == "train"
+        assert 0 <= p["answer"] < len(p["choices"])
+        assert len(set(p["choices"])) == len(p["choices"]), p
+        assert (p["image"] is not None) == (pid in scenes)
+    modalities = {tuple(context_modality(p)) for p in probs.values()}
+    assert modalities == {("IMG",), ("TXT",), ("NO",)}
+    assert len({p["subject"] for p in probs.values()}) >= 4
+    assert len({p["grade"] for p in probs.values()}) >= 5
+
+
+def test_answers_are_right_about_the_pictures(problems):
+    probs, scenes = problems
+    checked = 0
+    for pid, p in probs.items():
+        m = re.fullmatch(r"What color is the (\w+) in the picture\?", p["question"])
+        if m and pid in scenes:
+            (obj,) = [o for o in scenes[pid].objects if o.shape == m.group(1)]
+            assert p["choices"][p["answer"]] == obj.color
+            checked += 1
+        if p["question"] == "How many shapes are in the picture?":
+            n = len(scenes[pid].objects)
+            assert p["choices"][p["answer"]] == ["one", "two", "three", "four"][n - 1]
+            checked += 1
+    assert checked > 30
+
+
+def test_qcm_and_lea_forms():
+    p = {
+        "question": "Which shape is red?",
+        "choices": ["circle", "square"],
+        "answer": 1,
+        "hint": "",
+        "image": "image.png",
+    }
+    p |= {"lecture": "Shapes have names.", "solution": "The red one is a square."}
+    assert qcm_prompt(p) == "Question: Which shape is red?\nContext: N/A\nOptions: (A) circle (B) square"
+    assert lea_answer(p) == "Shapes have names. The red one is a square. The answer is B."
+    record = to_instruct("p1", p)
+    assert record["image"] == "p1/image.png"
+    assert record["conversations"][0]["value"].startswith("<image>\nQuestion: ")
+    text_only = to_instruct("p2", {**p, "image": None, "hint": "A square is red."})
+    assert "image" not in text_only and "<image>" not in text_only["conversations"][0]["value"]
+    assert "Context: A square is red." in text_only["conversations"][0]["value"]
+
+
+@pytest.mark.parametrize(
+    ("text", "n", "index", "kept"),
+    [
+        ("Because. The answer is B.", 3, 1, True),
+        ("The answer is A. No wait. The answer is C.", 3, 2, True),
+        ("The answer is D.", 3, None, True),
+        ("It is the circle.", 3, None, False),
+        ("The answer is A. Extra words", 3, 0, False),
+    ],
+)
+def test_parse_answer(text, n, index, kept):
+    assert parse_answer(text, n) == index
+    assert format_kept(text) == kept
+
+
+def test_round_trip_and_malformed_problems(tmp_path, problems):
+    probs, _ = problems
+    path = save_problems(probs, tmp_path / "problems.json")
+    assert load_problems(path) == probs
+    assert load_problems(path, split="test") == {}
+    bad = dict(list(probs.items())[:3])
+    pid = next(iter(bad))
+    for broken, message in [
+        ({**bad[pid], "answer": 7}, "not an index"),
+        ({k: v for k, v in bad[pid].items() if k != "question"}, "missing field 'question'"),
+        ({**bad[pid], "choices": "abc"}, "'choices' must be list"),
+        ({**bad[pid], "hint": 3}, "'hint' must be a string"),
+    ]:
+        path.write_text(json.dumps({**bad, pid: broken}))
+        with pytest.raises(DataFormatError) as err:
+            load_problems(path)
+        assert str(path) in str(err.value) and repr(pid) in str(err.value) and message in str(err.value)
+    path.write_text("[1, 2]")
+    with pytest.raises(DataFormatError, match="mapping problem ids"):
+        load_problems(path)
+
+
+def test_build_cli_writes_scienceqa_layout(tmp_path):
+    write_dataset(tmp_path, n_pictures=6, n_problems=12, seed=0, renderer="alt")
+    probs = load_problems(tmp_path / "scienceqa" / "problems.json")
+    for pid, p in probs.items():
+        if p["image"]:
+            assert (tmp_path / "scienceqa" / "images" / "test" / pid / "image.png").is_file()
+    records = load_instruct(tmp_path / "scienceqa" / "llava_sqa.json")
+    assert len(records) == 12
+    assert len(load_instruct(tmp_path / "llava_instruct.json")) == 6
+    assert len(list((tmp_path / "images").glob("*.png"))) == 6

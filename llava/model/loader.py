@@ -89,6 +89,9 @@ def context_length(config: dict[str, Any]) -> int:
 def load_pretrained(path: str | Path, device: str = "auto", dtype: str | torch.dtype = "auto") -> LoadedModel:
     """Load a LLaVA checkpoint folder for inference: CUDA when present, CPU otherwise."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a progress bar per load clutters worker logs
 
     path = Path(path)
     config = read_config(path)

@@ -1,0 +1,1 @@
+"""Serving processes: controller, model workers, launcher, client; wire schemas in `serve.protocol`."""

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine (Python 3.11, no GPU, nothing installed):
-#   ./run.sh demo   set up, then start the demo on the shipped checkpoints
+#   ./run.sh demo   set up, then start the demo (controller, workers, web UI) on the shipped checkpoints
 #   ./run.sh test   set up, then run the test suite (what CI runs)
 #   ./run.sh setup  only set up (idempotent; a second run takes about a second)
 set -euo pipefail
@@ -38,19 +38,6 @@ setup() {
     echo "$want" > "$stamp"
 }
 
-default_checkpoints() {
-    # The shipped checkpoints when present, else a tiny random one built on the fly.
-    local found=()
-    for d in checkpoints/*/; do
-        [ -f "$d/config.json" ] && found+=("${d%/}")
-    done
-    if [ ${#found[@]} -eq 0 ]; then
-        [ -f .cache/tiny-llava/config.json ] || "$PY" -m llava.model.tiny .cache/tiny-llava >/dev/null
-        found=(.cache/tiny-llava)
-    fi
-    printf '%s\n' "${found[@]}"
-}
-
 cmd=${1:-help}
 shift || true
 case "$cmd" in
@@ -59,9 +46,8 @@ case "$cmd" in
         ;;
     demo)
         setup
-        model=$(default_checkpoints | head -n 1)
-        echo "run.sh: chatting with $model about examples/images/shapes.png (empty line or Ctrl-D quits)"
-        exec "$PY" -m llava.cli --model-path "$model" --image-file examples/images/shapes.png "$@"
+        # Controller + one worker per shipped checkpoint (tiny random ones until those exist) + web UI.
+        exec "$PY" -m serve.launch "$@"
         ;;
     test)
         setup

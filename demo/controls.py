@@ -1,0 +1,118 @@
+"""Controls both chat tabs share, and reading what a user sent: the message box's text and picture, validated."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+from demo.session import ChatSession, PaneError
+from demo.turn import Sampling
+from llava.images import PROCESS_MODES, ImageError, load_image
+
+MESSAGE_PLACEHOLDER = "Add a picture (📎 or drop it here) and/or type a question, then press Enter"
+NEW_PICTURE_NOTE = "Each picture starts a new conversation. To keep talking about the current picture, send text only."
+PROCESS_MODE_INFO = "How a non-square picture is made square for the model (Default: the model's own processor)"
+
+
+@dataclass(slots=True)
+class ParameterControls:
+    process_mode: gr.Radio
+    temperature: gr.Slider
+    top_p: gr.Slider
+    max_new_tokens: gr.Slider
+
+    def inputs(self) -> list[gr.components.Component]:
+        return [self.process_mode, self.temperature, self.top_p, self.max_new_tokens]
+
+
+def parameter_controls(defaults: Sampling, elem_prefix: str) -> ParameterControls:
+    process_mode = gr.Radio(list(PROCESS_MODES), value="Default", label="Image process mode", info=PROCESS_MODE_INFO,
+                            elem_id=f"{elem_prefix}-process-mode")  # fmt: skip
+    with gr.Accordion("Parameters", open=False, elem_id=f"{elem_prefix}-parameters"):
+        temperature = gr.Slider(
+            0.0,
+            1.0,
+            value=defaults.temperature,
+            step=0.05,
+            label="Temperature",
+            info="0 always picks the likeliest word",
+            elem_id=f"{elem_prefix}-temperature",
+        )
+        top_p = gr.Slider(0.05, 1.0, value=defaults.top_p, step=0.05, label="Top P", elem_id=f"{elem_prefix}-top-p")
+        max_new_tokens = gr.Slider(1, 1024, value=defaults.max_new_tokens, step=1, label="Max output tokens",
+                                   elem_id=f"{elem_prefix}-max-tokens")  # fmt: skip
+    return ParameterControls(process_mode, temperature, top_p, max_new_tokens)
+
+
+def model_dropdown(models: list[str], value: str | None, label: str, elem_id: str) -> gr.Dropdown:
+    return gr.Dropdown(
+        models,
+        value=value,
+        label=label,
+        interactive=True,
+        elem_id=elem_id,
+        scale=4,
+        info=None if models else "No model is being served; start a worker and press Refresh",
+    )
+
+
+def message_box(elem_id: str) -> gr.MultimodalTextbox:
+    return gr.MultimodalTextbox(
+        interactive=True,
+        file_count="single",
+        file_types=["image"],
+        sources=["upload"],
+        placeholder=MESSAGE_PLACEHOLDER,
+        show_label=False,
+        submit_btn="Send",
+        elem_id=elem_id,
+    )
+
+
+def sampling(temperature: float, top_p: float, max_new_tokens: float) -> Sampling:
+    return Sampling(float(temperature), float(top_p), int(max_new_tokens))
+
+
+def _file_path(entry: Any) -> str:
+    # The message box hands over paths; API callers sometimes send the file dict instead.
+    if isinstance(entry, dict):
+        return str(entry.get("path") or entry.get("name") or "")
+    return str(entry)
+
+
+async def read_message(message: dict | str | None) -> tuple[str, Image.Image | None, str | None]:
+    """(text, picture, picture's file) from the message box; gr.Error with the reason for a bad picture."""
+    if isinstance(message, str) or message is None:
+        return (message or ""), None, None
+    text = str(message.get("text") or "")
+    files = [_file_path(f) for f in (message.get("files") or [])]
+    if len(files) > 1:
+        raise gr.Error("Send one picture at a time: a conversation is about one picture.")
+    if not files:
+        return text, None, None
+    try:
+        image = await asyncio.to_thread(load_image, files[0])
+    except ImageError as e:
+        raise gr.Error(f"That picture cannot be used: {_without_path(str(e), files[0])}") from e
+    return text, image, files[0]
+
+
+def _without_path(message: str, path: str) -> str:
+    # load_image names the file; the server-side upload path means nothing to the user.
+    return message.replace(f"{path}: ", "").replace(path, "the file")
+
+
+def start_turn(
+    pane: ChatSession, text: str, image: Image.Image | None, image_file: str | None, mode: str, notify: bool = True
+) -> None:
+    """Add the user's message to the pane; gr.Error when it cannot be sent now, a notice on a new conversation."""
+    try:
+        restarted = pane.add_user_message(text, image, image_file, mode)
+    except PaneError as e:
+        raise gr.Error(str(e)) from e
+    if restarted and notify:
+        gr.Info("New picture: a new conversation has started.")

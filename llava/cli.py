@@ -23,7 +23,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model-path", required=True, help="Hugging Face-format LLaVA checkpoint folder")
     p.add_argument("--image-file", help="picture to talk about (optional: text-only chat without it)")
     p.add_argument("--prompt", help="answer this one question and exit")
-    p.add_argument("--conv-mode", choices=sorted(conv_templates), help="conversation template (default: from the model)")
+    p.add_argument(
+        "--conv-mode", choices=sorted(conv_templates), help="conversation template (default: from the model)"
+    )
     p.add_argument("--image-process-mode", choices=PROCESS_MODES, default="Default")
     p.add_argument("--temperature", type=float, default=0.2)
     p.add_argument("--top-p", type=float, default=1.0)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from PIL import Image
@@ -25,7 +25,7 @@ from llava.images import decode_base64, downscale, encode_base64, process_image
 IMAGE_TOKEN = "<image>"
 
 
-class SeparatorStyle(str, Enum):
+class SeparatorStyle(StrEnum):
     SINGLE = "single"  # role: msg<sep>  (llava_v0: "###")
     TWO = "two"  # role: msg<sep>role: msg<sep2>  (vicuna_v1: " " and "</s>")
     MPT = "mpt"  # role + msg + sep, roles carry their own markers (chatml)

@@ -20,22 +20,40 @@ def _run(args, stdin=""):
 def test_one_shot_prompt_matches_library(tiny_ckpt, tiny_loaded, tmp_path, shapes_image):
     image = tmp_path / "shapes.png"
     shapes_image.save(image)
-    proc = _run(["--model-path", str(tiny_ckpt), "--image-file", str(image), "--prompt", "What color is the circle?",
-                 "--temperature", "0", "--max-new-tokens", "8"])
+    proc = _run(
+        [
+            "--model-path",
+            str(tiny_ckpt),
+            "--image-file",
+            str(image),
+            "--prompt",
+            "What color is the circle?",
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "8",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr
     conv = conv_templates["llava_v0"].copy()
     conv.append_message(conv.roles[0], "<image>\nWhat color is the circle?")
     conv.append_message(conv.roles[1], None)
-    expected = generate(tiny_loaded, conv.get_prompt(), [load_image(image)],
-                        GenerationParams(temperature=0, max_new_tokens=8, stop=("###",)))
+    expected = generate(
+        tiny_loaded,
+        conv.get_prompt(),
+        [load_image(image)],
+        GenerationParams(temperature=0, max_new_tokens=8, stop=("###",)),
+    )
     assert proc.stdout.strip() == expected.text.strip()
 
 
 def test_multi_turn_over_stdin(tiny_ckpt, tmp_path, shapes_image):
     image = tmp_path / "shapes.png"
     shapes_image.save(image)
-    proc = _run(["--model-path", str(tiny_ckpt), "--image-file", str(image), "--temperature", "0",
-                 "--max-new-tokens", "4"], stdin="How many shapes?\nAnd colours?\n")
+    proc = _run(
+        ["--model-path", str(tiny_ckpt), "--image-file", str(image), "--temperature", "0", "--max-new-tokens", "4"],
+        stdin="How many shapes?\nAnd colours?\n",
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("Human: ") == 3  # two questions, then the prompt that meets end of input
     assert proc.stdout.count("Assistant: ") == 2

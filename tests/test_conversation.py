@@ -30,7 +30,8 @@ def test_llava_v0_matches_design_string():
         [("<image>\nWhat is unusual about this image?", "The unusual ..."), ("Why?", None)],
     )
     assert conv.get_prompt() == (
-        V0_SYSTEM + "###Human: <image>\nWhat is unusual about this image?###Assistant: The unusual ...###Human: Why?###Assistant:"
+        V0_SYSTEM
+        + "###Human: <image>\nWhat is unusual about this image?###Assistant: The unusual ...###Human: Why?###Assistant:"
     )
     assert conv.stop_str == "###"
 
@@ -81,7 +82,10 @@ def test_image_tuple_puts_image_token_first_and_get_images():
     conv.append_message(conv.roles[1], "Red.")
     conv.append_message(conv.roles[0], "Sure?")
     conv.append_message(conv.roles[1], None)
-    assert conv.get_prompt() == V0_SYSTEM + "###Human: <image>\nWhat color is it?###Assistant: Red.###Human: Sure?###Assistant:"
+    assert (
+        conv.get_prompt()
+        == V0_SYSTEM + "###Human: <image>\nWhat color is it?###Assistant: Red.###Human: Sure?###Assistant:"
+    )
     (b64,) = conv.get_images()
     padded = decode_base64(b64)
     assert padded.size == (40, 40)  # Pad made it square

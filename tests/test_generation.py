@@ -129,7 +129,13 @@ def test_bad_params_are_refused():
 
 @pytest.mark.parametrize(
     ("text", "stops", "held"),
-    [("hello #", ("###",), 1), ("hello ##", ("###",), 2), ("hello", ("###",), 0), ("a </", ("</s>",), 2), ("x\ufffd", (), 1)],
+    [
+        ("hello #", ("###",), 1),
+        ("hello ##", ("###",), 2),
+        ("hello", ("###",), 0),
+        ("a </", ("</s>",), 2),
+        ("x\ufffd", (), 1),
+    ],
 )
 def test_partial_stop_is_held_back(text, stops, held):
     assert _held_back(text, stops) == held

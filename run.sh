@@ -38,6 +38,18 @@ setup() {
     echo "$want" > "$stamp"
 }
 
+ensure_chromium() {
+    # Browser tests drive Debian's Chromium; install it when missing and we may (root with apt).
+    [ -x /usr/bin/chromium ] && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "run.sh: installing chromium for the browser tests (apt)"
+        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+            || echo "run.sh: could not install chromium; browser tests will be skipped" >&2
+    else
+        echo "run.sh: /usr/bin/chromium not found; browser tests will be skipped (apt-get install chromium)" >&2
+    fi
+}
+
 cmd=${1:-help}
 shift || true
 case "$cmd" in
@@ -51,6 +63,7 @@ case "$cmd" in
         ;;
     test)
         setup
+        ensure_chromium
         set +e
         "$PY" -m pytest "$@"
         rc=$?

@@ -17,13 +17,14 @@ from demo.controls import (
     parameter_controls,
     read_message,
     sampling,
+    small_button,
     start_turn,
 )
 from demo.conv_log import ConvSnapshot
 from demo.session import ChatSession, PaneError
 from demo.turn import Origin, Sampling, Services, stream_turn
 
-VOTES = {"upvote": "👍 Upvote", "downvote": "👎 Downvote", "flag": "⚠️ Flag"}
+VOTES = {"upvote": "Upvote", "downvote": "Downvote", "flag": "Flag"}
 
 
 def origin(request: gr.Request | None, tab: str) -> Origin:
@@ -52,9 +53,8 @@ class ChatTab:
     def build(cls, services: Services, models: list[str], defaults: Sampling) -> ChatTab:
         with gr.Row(equal_height=False):
             with gr.Column(scale=3, min_width=260):
-                with gr.Row(equal_height=True):
-                    model = model_dropdown(models, models[0] if models else None, "Model", "chat-model")
-                    refresh = gr.Button("🔄 Refresh", scale=1, min_width=60, elem_id="chat-refresh")
+                model = model_dropdown(models, models[0] if models else None, "Model", "chat-model")
+                refresh = gr.Button("Refresh model list", size="sm", elem_id="chat-refresh")
                 params = parameter_controls(defaults, "chat")
                 gr.Markdown(NEW_PICTURE_NOTE, elem_classes=["hint"])
             with gr.Column(scale=8):
@@ -62,10 +62,10 @@ class ChatTab:
                                      buttons=["copy"], placeholder="Answers appear here.")  # fmt: skip
                 message = message_box("chat-message")
                 with gr.Row():
-                    votes = {k: gr.Button(v, interactive=False, elem_id=f"chat-{k}") for k, v in VOTES.items()}
-                    regenerate = gr.Button("🔁 Regenerate", interactive=False, elem_id="chat-regenerate")
-                    stop = gr.Button("⏹️ Stop", interactive=False, elem_id="chat-stop")
-                    clear = gr.Button("🗑️ Clear", interactive=False, elem_id="chat-clear")
+                    votes = {k: small_button(v, f"chat-{k}") for k, v in VOTES.items()}
+                    regenerate = small_button("Regenerate", "chat-regenerate")
+                    stop = small_button("Stop", "chat-stop", variant="stop")
+                    clear = small_button("Clear", "chat-clear")
         pane = gr.State(ChatSession())
         tab = cls(services, model, refresh, chatbot, message, params, votes, regenerate, stop, clear, pane)
         tab._wire()

@@ -13,7 +13,7 @@ from demo.session import ChatSession, PaneError
 from demo.turn import Sampling
 from llava.images import PROCESS_MODES, ImageError, load_image
 
-MESSAGE_PLACEHOLDER = "Add a picture (📎 or drop it here) and/or type a question, then press Enter"
+MESSAGE_PLACEHOLDER = "Add a picture (the clip button, or drop one here) and/or type a question, then press Enter"
 NEW_PICTURE_NOTE = "Each picture starts a new conversation. To keep talking about the current picture, send text only."
 PROCESS_MODE_INFO = "How a non-square picture is made square for the model (Default: the model's own processor)"
 
@@ -49,15 +49,22 @@ def parameter_controls(defaults: Sampling, elem_prefix: str) -> ParameterControl
 
 
 def model_dropdown(models: list[str], value: str | None, label: str, elem_id: str) -> gr.Dropdown:
+    # Custom values: a model may come and go between page load and send; the answer then says what happened.
     return gr.Dropdown(
         models,
         value=value,
         label=label,
         interactive=True,
+        allow_custom_value=True,
         elem_id=elem_id,
         scale=4,
         info=None if models else "No model is being served; start a worker and press Refresh",
     )
+
+
+def small_button(label: str, elem_id: str, variant: str = "secondary") -> gr.Button:
+    """The chat tabs' action buttons: small, one row, off until there is something to act on."""
+    return gr.Button(label, size="sm", variant=variant, interactive=False, min_width=90, elem_id=elem_id)
 
 
 def message_box(elem_id: str) -> gr.MultimodalTextbox:

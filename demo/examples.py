@@ -41,8 +41,9 @@ class Example(BaseModel):
 
     @property
     def caption(self) -> str:
-        first_line = self.prompt.splitlines()[0].removeprefix("Question: ")
-        return f"{self.title} · {first_line}"
+        """The prompt on one line for the gallery; a QCM prompt shows its question and options."""
+        lines = [line.removeprefix("Question: ").removeprefix("Options: ") for line in self.prompt.splitlines()]
+        return " ".join(line for line in lines if line.strip() not in ("", "Context: N/A"))
 
 
 class ExampleFile(BaseModel):
@@ -89,16 +90,16 @@ class ExamplesTab:
             elem_classes=["hint"],
         )
         dataset = gr.Dataset(
-            components=[gr.Image(type="filepath", render=False)],
-            samples=[[ex.image] for ex in examples],
-            sample_labels=[ex.caption for ex in examples],
+            components=[gr.Image(type="filepath", render=False), gr.Textbox(render=False),
+                        gr.Textbox(render=False)],
+            headers=["Picture", "Prompt", "Meant for"],
+            samples=[[ex.image, ex.caption, ex.model] for ex in examples],
             type="index",
-            layout="gallery",
             samples_per_page=len(examples),
             label="Examples",
             show_label=False,
             elem_id="examples-gallery",
-        )
+        )  # fmt: skip
         return cls(services, examples, dataset)
 
     def wire(self, tabs: gr.Tabs, active: gr.State, chat: ChatTab, sbs: SideBySideTab) -> None:

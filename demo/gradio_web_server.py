@@ -41,7 +41,7 @@ log = logging.getLogger("demo.gradio_web_server")
 
 TITLE = "LLaVA: chat about a picture"
 INTRO = (
-    "# 🌋 LLaVA: Large Language and Vision Assistant\n"
+    "# LLaVA: Large Language and Vision Assistant\n"
     "Chat with a visual instruction-tuned model about a picture, compare two models side by side, or start from "
     "an example. The shipped models know a small world of flat coloured shapes (circles, squares, triangles)."
 )

@@ -183,5 +183,5 @@ class ChatSession:
                 if self.streaming:
                     out.append({"role": "assistant", "content": CURSOR})
                 elif self.error:
-                    out.append({"role": "assistant", "content": f"⚠️ {self.error}"})
+                    out.append({"role": "assistant", "content": f"**Error:** {self.error}"})
         return out

@@ -21,6 +21,7 @@ from demo.controls import (
     parameter_controls,
     read_message,
     sampling,
+    small_button,
     start_turn,
 )
 from demo.conv_log import ConvSnapshot
@@ -29,10 +30,10 @@ from demo.turn import Sampling, Services, merge, stream_turn
 
 # api name -> (log name, button label), in the original LLaVA/FastChat arena's vote names
 VOTES = {
-    "vote_a": ("leftvote", "👈 A is better"),
-    "vote_b": ("rightvote", "👉 B is better"),
-    "vote_tie": ("tievote", "🤝 Tie"),
-    "vote_both_bad": ("bothbad_vote", "👎 Both bad"),
+    "vote_a": ("leftvote", "A is better"),
+    "vote_b": ("rightvote", "B is better"),
+    "vote_tie": ("tievote", "Tie"),
+    "vote_both_bad": ("bothbad_vote", "Both bad"),
 }
 
 
@@ -58,7 +59,7 @@ class SideBySideTab:
         with gr.Row(equal_height=True):
             model_a = model_dropdown(models, first, "Model A", "sbs-model-a")
             model_b = model_dropdown(models, second, "Model B", "sbs-model-b")
-            refresh = gr.Button("🔄 Refresh", scale=0, min_width=100, elem_id="sbs-refresh")
+            refresh = gr.Button("Refresh model list", size="sm", scale=0, min_width=160, elem_id="sbs-refresh")
         with gr.Row():
             chatbot_a = gr.Chatbot(label="Model A", height=440, elem_id="sbs-chatbot-a", feedback_options=None,
                                    buttons=["copy"])  # fmt: skip
@@ -66,12 +67,10 @@ class SideBySideTab:
                                    buttons=["copy"])  # fmt: skip
         message = message_box("sbs-message")
         with gr.Row():
-            votes = {k: gr.Button(label, interactive=False, elem_id=f"sbs-{k.replace('_', '-')}")
-                     for k, (_, label) in VOTES.items()}  # fmt: skip
-        with gr.Row():
-            regenerate = gr.Button("🔁 Regenerate", interactive=False, elem_id="sbs-regenerate")
-            stop = gr.Button("⏹️ Stop", interactive=False, elem_id="sbs-stop")
-            clear = gr.Button("🗑️ Clear", interactive=False, elem_id="sbs-clear")
+            votes = {k: small_button(label, f"sbs-{k.replace('_', '-')}") for k, (_, label) in VOTES.items()}
+            regenerate = small_button("Regenerate", "sbs-regenerate")
+            stop = small_button("Stop", "sbs-stop", variant="stop")
+            clear = small_button("Clear", "sbs-clear")
         params = parameter_controls(defaults, "sbs")
         panes = (gr.State(ChatSession()), gr.State(ChatSession()))
         tab = cls(services, (model_a, model_b), refresh, (chatbot_a, chatbot_b), message, params, votes,
@@ -171,7 +170,7 @@ class SideBySideTab:
                  "conversations": [pane_a.conversation_id, pane_b.conversation_id]},
                 {"state_a": ConvSnapshot.of(pane_a.conv), "state_b": ConvSnapshot.of(pane_b.conv)},
             )  # fmt: skip
-            gr.Info(f"Vote saved: {VOTES[api_name][1].split(' ', 1)[1]}. Thank you!")
+            gr.Info(f"Vote saved ({VOTES[api_name][1]}). Thank you!")
 
         vote.__name__ = api_name
         return vote

@@ -12,6 +12,7 @@ import gradio as gr
 from demo.controls import (
     NEW_PICTURE_NOTE,
     ParameterControls,
+    chat_window,
     message_box,
     model_dropdown,
     parameter_controls,
@@ -58,8 +59,7 @@ class ChatTab:
                 params = parameter_controls(defaults, "chat")
                 gr.Markdown(NEW_PICTURE_NOTE, elem_classes=["hint"])
             with gr.Column(scale=8):
-                chatbot = gr.Chatbot(label="Chat", height=520, elem_id="chat-chatbot", feedback_options=None,
-                                     buttons=["copy"], placeholder="Answers appear here.")  # fmt: skip
+                chatbot = chat_window("Chat", "chat-chatbot", 520)
                 message = message_box("chat-message")
                 with gr.Row():
                     votes = {k: small_button(v, f"chat-{k}") for k, v in VOTES.items()}
@@ -100,6 +100,9 @@ class ChatTab:
                         concurrency_limit=None).then(**idle)  # fmt: skip
         self.clear.click(self._clear, [self.pane], [self.chatbot, self.message], api_name="clear",
                          concurrency_limit=None).then(**idle)  # fmt: skip
+        # The chat window's own trash icon empties the display; the conversation must go with it.
+        self.chatbot.clear(self._clear, [self.pane], [self.chatbot, self.message], api_visibility="private",
+                           concurrency_limit=None).then(**idle)  # fmt: skip
         for kind, button in self.votes.items():
             button.click(self._vote(kind), [self.model, self.pane], None, api_name=kind,
                          concurrency_limit=None).then(**idle)  # fmt: skip

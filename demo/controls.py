@@ -62,6 +62,19 @@ def model_dropdown(models: list[str], value: str | None, label: str, elem_id: st
     )
 
 
+def chat_window(label: str, elem_id: str, height: int) -> gr.Chatbot:
+    return gr.Chatbot(
+        label=label,
+        height=height,
+        elem_id=elem_id,
+        elem_classes=["chat-window"],
+        feedback_options=None,  # rating is done with the vote buttons, once per answer, and logged
+        buttons=["copy"],
+        allow_file_downloads=False,
+        placeholder="Answers appear here.",
+    )
+
+
 def small_button(label: str, elem_id: str, variant: str = "secondary") -> gr.Button:
     """The chat tabs' action buttons: small, one row, off until there is something to act on."""
     return gr.Button(label, size="sm", variant=variant, interactive=False, min_width=90, elem_id=elem_id)

@@ -16,6 +16,7 @@ from demo.chat import origin
 from demo.controls import (
     NEW_PICTURE_NOTE,
     ParameterControls,
+    chat_window,
     message_box,
     model_dropdown,
     parameter_controls,
@@ -61,10 +62,8 @@ class SideBySideTab:
             model_b = model_dropdown(models, second, "Model B", "sbs-model-b")
             refresh = gr.Button("Refresh model list", size="sm", scale=0, min_width=160, elem_id="sbs-refresh")
         with gr.Row():
-            chatbot_a = gr.Chatbot(label="Model A", height=440, elem_id="sbs-chatbot-a", feedback_options=None,
-                                   buttons=["copy"])  # fmt: skip
-            chatbot_b = gr.Chatbot(label="Model B", height=440, elem_id="sbs-chatbot-b", feedback_options=None,
-                                   buttons=["copy"])  # fmt: skip
+            chatbot_a = chat_window("Model A", "sbs-chatbot-a", 440)
+            chatbot_b = chat_window("Model B", "sbs-chatbot-b", 440)
         message = message_box("sbs-message")
         with gr.Row():
             votes = {k: small_button(label, f"sbs-{k.replace('_', '-')}") for k, (_, label) in VOTES.items()}
@@ -107,6 +106,9 @@ class SideBySideTab:
                         api_name="side_by_side_stop", concurrency_limit=None).then(**idle)  # fmt: skip
         self.clear.click(self._clear, [*self.panes], [*self.chatbots, self.message], api_name="side_by_side_clear",
                          concurrency_limit=None).then(**idle)  # fmt: skip
+        for chatbot in self.chatbots:  # either window's trash icon clears both sides: they are one comparison
+            chatbot.clear(self._clear, [*self.panes], [*self.chatbots, self.message], api_visibility="private",
+                          concurrency_limit=None).then(**idle)  # fmt: skip
         for api_name, (kind, _) in VOTES.items():
             self.votes[api_name].click(self._vote(kind, api_name), [*self.models, *self.panes], None,
                                        api_name=api_name, concurrency_limit=None).then(**idle)  # fmt: skip

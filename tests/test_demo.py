@@ -187,6 +187,17 @@ def streaming_question(stack: DemoStack, picture: Path, candidates: list[str], m
     pytest.fail(f"the tiny model answers none of {candidates} with {min_words}+ words; pick other questions")
 
 
+def hold_worker(stack: DemoStack, model: str, n: int = 5) -> list[threading.Thread]:
+    """Queue `n` long generations on a worker started with --limit-model-concurrency 1 (about 0.5 s each)."""
+    hold = (stack.workers[model], llava_v0("Count slowly.", image_first=False), [], 450, "@@never@@")
+    busy = [threading.Thread(target=direct_answer, args=hold, daemon=True) for _ in range(n)]
+    for t in busy:
+        t.start()
+    queued = lambda: httpx.get(f"{stack.workers[model]}/health").json()["queue_length"] >= n - 1  # noqa: E731
+    wait_for(queued, 10, f"{model}'s worker busy")
+    return busy
+
+
 def gallery() -> list[dict]:
     return json.loads((EXAMPLES / "examples.json").read_text())["examples"]
 
@@ -285,6 +296,25 @@ def test_regenerate_asks_again_with_the_new_process_mode_and_votes_are_logged(de
         client.predict(CHAT, api_name="/flag")
 
 
+def test_stop_ends_the_answer_and_the_conversation_goes_on(demo_stack):
+    stack = demo_stack
+    busy = hold_worker(stack, SQA, n=5)  # the answer waits in the worker's queue until Stop
+    client = stack.client()
+    job = client.submit(message("Hello there"), *chat_args(model=SQA), api_name="/chat")
+    wait_for(lambda: any(last_answer(o[0]) == CURSOR for o in job.outputs() if len(o[0]) == 2), 10, "streaming")
+    # The Stop button does both: the page cancels the running event (Gradio's `cancels`), the handler tidies up.
+    job.cancel()
+    chatbot = client.predict(api_name="/stop")
+    assert "Stopped before any answer came" in last_answer(chatbot)
+    event = stack.wait_event(lambda e: e["session"] == client.session_hash, "the stopped turn")
+    assert event["outcome"] == "stopped" and event["model"] == SQA
+    for t in busy:
+        t.join(60)
+    # The stopped turn is replaced by the next message, which gets an answer.
+    chatbot = client.predict(message("Hello again"), *chat_args(model=CHAT), api_name="/chat")[0]
+    assert [t for r, t in texts(chatbot) if r == "user"] == ["Hello again"] and last_answer(chatbot)
+
+
 # ---- side by side -----------------------------------------------------------------------------------
 
 
@@ -312,12 +342,7 @@ def test_side_by_side_returns_two_answers_and_records_the_vote(demo_stack):
 def test_side_by_side_streams_each_side_at_its_own_pace(demo_stack):
     """Keep the SQA worker (one generation at a time) busy: the chat side must finish while side B still waits."""
     stack = demo_stack
-    # The tiny model is fast (~0.5 s for a full context), so queue several long generations in front of side B.
-    hold = (stack.workers[SQA], llava_v0("Count slowly.", image_first=False), [], 450, "@@never@@")
-    busy = [threading.Thread(target=direct_answer, args=hold, daemon=True) for _ in range(5)]
-    for t in busy:
-        t.start()
-    wait_for(lambda: httpx.get(f"{stack.workers[SQA]}/health").json()["queue_length"] >= 4, 10, "the SQA worker busy")
+    busy = hold_worker(stack, SQA)
     job = stack.client().submit(message("Hello there"), CHAT, SQA, "Default", 0.0, 0.7, 8, api_name="/side_by_side")
     a_done_while_b_held = False
     for a, b, _ in job:  # updates as they arrive

@@ -13,6 +13,7 @@ from demo.controls import (
     NEW_PICTURE_NOTE,
     ParameterControls,
     chat_window,
+    check_message,
     message_box,
     model_dropdown,
     parameter_controls,
@@ -22,6 +23,7 @@ from demo.controls import (
     start_turn,
 )
 from demo.conv_log import ConvSnapshot
+from demo.model_list import models_note
 from demo.session import ChatSession, PaneError
 from demo.turn import Origin, Sampling, Services, stream_turn
 
@@ -40,6 +42,7 @@ class ChatTab:
     services: Services
     model: gr.Dropdown
     refresh: gr.Button
+    note: gr.Markdown
     chatbot: gr.Chatbot
     message: gr.MultimodalTextbox
     params: ParameterControls
@@ -56,6 +59,7 @@ class ChatTab:
             with gr.Column(scale=3, min_width=260):
                 model = model_dropdown(models, models[0] if models else None, "Model", "chat-model")
                 refresh = gr.Button("Refresh model list", size="sm", elem_id="chat-refresh")
+                note = gr.Markdown(models_note(models), elem_id="chat-models-note", elem_classes=["hint"])
                 params = parameter_controls(defaults, "chat")
                 gr.Markdown(NEW_PICTURE_NOTE, elem_classes=["hint"])
             with gr.Column(scale=8):
@@ -67,7 +71,7 @@ class ChatTab:
                     stop = small_button("Stop", "chat-stop", variant="stop")
                     clear = small_button("Clear", "chat-clear")
         pane = gr.State(ChatSession())
-        tab = cls(services, model, refresh, chatbot, message, params, votes, regenerate, stop, clear, pane)
+        tab = cls(services, model, refresh, note, chatbot, message, params, votes, regenerate, stop, clear, pane)
         tab._wire()
         return tab
 
@@ -80,14 +84,21 @@ class ChatTab:
         busy = dict(fn=self._busy, inputs=None, outputs=self.buttons, queue=False, api_visibility="private")
         idle = dict(fn=self._idle, inputs=[self.pane], outputs=self.buttons, queue=False, api_visibility="private")
 
-        send = self.message.submit(**busy).then(
-            self._chat,
-            [self.message, self.model, self.params.process_mode, *sampling_inputs, self.pane],
-            [self.chatbot, self.message],
-            api_name="chat",
-            show_progress="hidden",
+        check = dict(fn=check_message, inputs=[self.message, self.pane], outputs=None, api_visibility="private",
+                     concurrency_limit=None, show_progress="hidden")  # fmt: skip
+        send = (
+            self.message.submit(**check)
+            .success(**busy)
+            .success(
+                self._chat,
+                [self.message, self.model, self.params.process_mode, *sampling_inputs, self.pane],
+                [self.chatbot, self.message],
+                api_name="chat",
+                show_progress="hidden",
+            )
         )
         send.then(**idle)
+        send.failure(**idle)  # Gradio runs `.then` steps only after success or a cancel, not after an error
         again = self.regenerate.click(**busy).then(
             self._regenerate,
             [self.model, self.params.process_mode, *sampling_inputs, self.pane],
@@ -96,6 +107,7 @@ class ChatTab:
             show_progress="hidden",
         )
         again.then(**idle)
+        again.failure(**idle)
         self.stop.click(self._stop, [self.pane], [self.chatbot], cancels=[send, again], api_name="stop",
                         concurrency_limit=None).then(**idle)  # fmt: skip
         self.clear.click(self._clear, [self.pane], [self.chatbot, self.message], api_name="clear",

@@ -126,6 +126,20 @@ def _without_path(message: str, path: str) -> str:
     return message.replace(f"{path}: ", "").replace(path, "the file")
 
 
+async def check_message(message: dict | str | None, *panes: ChatSession) -> None:
+    """Refuse a message before anything on the page changes: gr.Error shows a notice, the box keeps its text.
+
+    The event that sends the message checks again (API callers skip this step); this step only spares the
+    page an error mark on the chat window for what is the user's to fix.
+    """
+    text, image, _ = await read_message(message)
+    try:
+        for pane in panes:
+            pane.check_user_message(text, image is not None)
+    except PaneError as e:
+        raise gr.Error(str(e)) from e
+
+
 def start_turn(
     pane: ChatSession, text: str, image: Image.Image | None, image_file: str | None, mode: str, notify: bool = True
 ) -> None:

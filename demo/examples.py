@@ -46,6 +46,17 @@ class Example(BaseModel):
         return " ".join(line for line in lines if line.strip() not in ("", "Context: N/A"))
 
 
+KIND_HINTS = {"chat": ("chat",), "scienceqa": ("sqa", "scienceqa")}  # words in a model name that fit a kind
+
+
+def fitting_model(example: Example, served: list[str]) -> str | None:
+    """The example's own model if served, else a served model whose name fits its kind (e.g. '...-sqa')."""
+    if example.model in served:
+        return example.model
+    hints = KIND_HINTS[example.kind]
+    return next((m for m in served if any(h in m.lower() for h in hints)), None)
+
+
 class ExampleFile(BaseModel):
     examples: list[Example] = Field(min_length=1)
 
@@ -122,8 +133,9 @@ class ExamplesTab:
         except ServiceError as e:
             gr.Warning(str(e))
             served = []
-        if ex.model in served:
-            model = gr.Dropdown(choices=served, value=ex.model)
+        fitting = fitting_model(ex, served)
+        if fitting is not None:
+            model = gr.Dropdown(choices=served, value=fitting)
         else:
             model = gr.skip()
             gr.Warning(f"This example is meant for {ex.model}, which no worker serves right now; "

@@ -33,7 +33,8 @@ from demo.examples import (  # noqa: E402
     ExamplesTab,
     load_examples,
 )
-from demo.side_by_side import SideBySideTab, default_pair  # noqa: E402
+from demo.model_list import ModelPickers  # noqa: E402
+from demo.side_by_side import SideBySideTab  # noqa: E402
 from demo.turn import Sampling, Services  # noqa: E402
 from demo.worker_client import ServiceError, Timeouts, WorkerClient  # noqa: E402
 
@@ -84,12 +85,6 @@ def theme() -> gr.themes.Theme:
     )
 
 
-def pick_model(models: list[str], wanted: str | None, fallback: str | None) -> str | None:
-    if wanted and wanted in models:
-        return wanted
-    return fallback if fallback in models else (models[0] if models else None)
-
-
 def build_demo(settings: UISettings, services: Services, models: list[str]) -> gr.Blocks:
     """The whole page; `models` fills the pickers until the page loads (and for good in 'once' mode)."""
     examples = load_examples(settings.examples)
@@ -109,44 +104,9 @@ def build_demo(settings: UISettings, services: Services, models: list[str]) -> g
         sbs_tab.select(lambda: SIDE_BY_SIDE_TAB, None, active, queue=False, api_visibility="private")
         gallery.wire(tabs, active, chat, sbs)
 
-        pickers = [chat.model, *sbs.models]
-
-        async def refresh(current: str | None, current_a: str | None, current_b: str | None):
-            try:
-                served = await services.client.list_models(refresh=True)
-            except ServiceError as e:
-                raise gr.Error(str(e)) from e
-            if not served:
-                gr.Warning("No model is being served right now: start a worker, then press Refresh.")
-            first, second = default_pair(served)
-            return (
-                gr.Dropdown(choices=served, value=pick_model(served, current, first)),
-                gr.Dropdown(choices=served, value=pick_model(served, current_a, first)),
-                gr.Dropdown(choices=served, value=pick_model(served, current_b, second)),
-            )
-
-        chat.refresh.click(refresh, pickers, pickers, api_name="refresh_models", concurrency_limit=None)
-        sbs.refresh.click(refresh, pickers, pickers, api_visibility="private", concurrency_limit=None)
-
-        async def on_load(request: gr.Request):
-            served = models
-            if settings.model_list_mode == "reload":
-                try:
-                    served = await services.client.list_models(refresh=True)
-                except ServiceError as e:
-                    gr.Warning(str(e))
-            wanted = request.query_params.get("model") if request else None
-            if wanted and wanted not in served:
-                gr.Warning(f"The link asks for {wanted}, which no worker serves right now.")
-            first, second = default_pair(served)
-            chosen = pick_model(served, wanted, first)
-            return (
-                gr.Dropdown(choices=served, value=chosen),
-                gr.Dropdown(choices=served, value=chosen if wanted in served else first),
-                gr.Dropdown(choices=served, value=second),
-            )
-
-        demo.load(on_load, None, pickers, api_visibility="private", concurrency_limit=None)
+        pickers = ModelPickers(services, settings.model_list_mode == "reload", models, chat.model, *sbs.models,
+                               notes=[chat.note, sbs.note])  # fmt: skip
+        pickers.wire(demo, [chat.refresh, sbs.refresh])
     return demo
 
 

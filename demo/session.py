@@ -96,11 +96,8 @@ class ChatSession:
         self, text: str, image: Image.Image | None = None, image_file: str | None = None, mode: str = "Default"
     ) -> bool:
         """Start a turn; returns True when this started a new conversation because of a new picture."""
-        if self.streaming:
-            raise PaneError("An answer is still streaming: wait for it or press Stop first.")
+        self.check_user_message(text, image is not None)
         text = text.replace(IMAGE_TOKEN, " ").strip()  # the image token is ours to place
-        if not text and image is None:
-            raise PaneError("Type a question (and optionally add a picture) before sending.")
         if not text:
             text = "Describe the image in detail."  # a picture alone asks for the paper's detailed description
         restarted = False
@@ -123,6 +120,13 @@ class ChatSession:
             self.conv.append_message(self.conv.roles[0], text)
         self.conv.append_message(self.conv.roles[1], None)
         return restarted
+
+    def check_user_message(self, text: str, has_image: bool) -> None:
+        """PaneError when a message like this cannot be sent now (the UI asks before it changes anything)."""
+        if self.streaming:
+            raise PaneError("An answer is still streaming: wait for it or press Stop first.")
+        if not text.replace(IMAGE_TOKEN, " ").strip() and not has_image:
+            raise PaneError("Type a question (and optionally add a picture) before sending.")
 
     def prepare_regenerate(self, mode: str | None = None) -> None:
         """Drop the last answer so the same question is asked again (with a new process mode, if given)."""

@@ -17,6 +17,7 @@ from demo.controls import (
     NEW_PICTURE_NOTE,
     ParameterControls,
     chat_window,
+    check_message,
     message_box,
     model_dropdown,
     parameter_controls,
@@ -26,6 +27,7 @@ from demo.controls import (
     start_turn,
 )
 from demo.conv_log import ConvSnapshot
+from demo.model_list import models_note
 from demo.session import ChatSession, PaneError
 from demo.turn import Sampling, Services, merge, stream_turn
 
@@ -43,6 +45,7 @@ class SideBySideTab:
     services: Services
     models: tuple[gr.Dropdown, gr.Dropdown]
     refresh: gr.Button
+    note: gr.Markdown
     chatbots: tuple[gr.Chatbot, gr.Chatbot]
     message: gr.MultimodalTextbox
     params: ParameterControls
@@ -55,12 +58,13 @@ class SideBySideTab:
     # ---- layout ------------------------------------------------------------------------------
     @classmethod
     def build(cls, services: Services, models: list[str], defaults: Sampling) -> SideBySideTab:
-        first, second = default_pair(models)
+        first, second = (models[0], models[-1]) if models else (None, None)
         gr.Markdown("Ask two models the same thing and compare. " + NEW_PICTURE_NOTE, elem_classes=["hint"])
-        with gr.Row(equal_height=True):
+        with gr.Row(equal_height=False):
             model_a = model_dropdown(models, first, "Model A", "sbs-model-a")
             model_b = model_dropdown(models, second, "Model B", "sbs-model-b")
             refresh = gr.Button("Refresh model list", size="sm", scale=0, min_width=160, elem_id="sbs-refresh")
+        note = gr.Markdown(models_note(models), elem_id="sbs-models-note", elem_classes=["hint"])
         with gr.Row():
             chatbot_a = chat_window("Model A", "sbs-chatbot-a", 440)
             chatbot_b = chat_window("Model B", "sbs-chatbot-b", 440)
@@ -72,7 +76,7 @@ class SideBySideTab:
             clear = small_button("Clear", "sbs-clear")
         params = parameter_controls(defaults, "sbs")
         panes = (gr.State(ChatSession()), gr.State(ChatSession()))
-        tab = cls(services, (model_a, model_b), refresh, (chatbot_a, chatbot_b), message, params, votes,
+        tab = cls(services, (model_a, model_b), refresh, note, (chatbot_a, chatbot_b), message, params, votes,
                   regenerate, stop, clear, panes)  # fmt: skip
         tab._wire()
         return tab
@@ -86,14 +90,21 @@ class SideBySideTab:
         busy = dict(fn=self._busy, inputs=None, outputs=self.buttons, queue=False, api_visibility="private")
         idle = dict(fn=self._idle, inputs=[*self.panes], outputs=self.buttons, queue=False, api_visibility="private")
 
-        send = self.message.submit(**busy).then(
-            self._send,
-            [self.message, *self.models, self.params.process_mode, *sampling_inputs, *self.panes],
-            [*self.chatbots, self.message],
-            api_name="side_by_side",
-            show_progress="hidden",
+        check = dict(fn=check_message, inputs=[self.message, *self.panes], outputs=None, api_visibility="private",
+                     concurrency_limit=None, show_progress="hidden")  # fmt: skip
+        send = (
+            self.message.submit(**check)
+            .success(**busy)
+            .success(
+                self._send,
+                [self.message, *self.models, self.params.process_mode, *sampling_inputs, *self.panes],
+                [*self.chatbots, self.message],
+                api_name="side_by_side",
+                show_progress="hidden",
+            )
         )
         send.then(**idle)
+        send.failure(**idle)  # Gradio runs `.then` steps only after success or a cancel, not after an error
         again = self.regenerate.click(**busy).then(
             self._regenerate,
             [*self.models, self.params.process_mode, *sampling_inputs, *self.panes],
@@ -102,6 +113,7 @@ class SideBySideTab:
             show_progress="hidden",
         )
         again.then(**idle)
+        again.failure(**idle)
         self.stop.click(self._stop, [*self.panes], [*self.chatbots], cancels=[send, again],
                         api_name="side_by_side_stop", concurrency_limit=None).then(**idle)  # fmt: skip
         self.clear.click(self._clear, [*self.panes], [*self.chatbots, self.message], api_name="side_by_side_clear",
@@ -195,10 +207,3 @@ class SideBySideTab:
             gr.update(interactive=streaming),
             gr.update(interactive=turns and not streaming),
         ]
-
-
-def default_pair(models: list[str]) -> tuple[str | None, str | None]:
-    """Two different models when there are two, else the same one twice (or nothing)."""
-    if not models:
-        return None, None
-    return models[0], models[1] if len(models) > 1 else models[0]

@@ -113,16 +113,22 @@ class DemoStack:
 _STACK: dict[str, DemoStack] = {}  # one stack per pytest session, shared by test_demo.py and test_browser.py
 
 
-@pytest.fixture(scope="session")
-def demo_stack(tiny_ckpt, tmp_path_factory) -> Iterator[DemoStack]:
+def shared_stack(ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoStack]:
+    """Body of the session fixtures of both files: the first to run starts the stack, the first to finish
+    (at the end of the session) stops it."""
     if "stack" not in _STACK:
-        _STACK["stack"] = DemoStack.start(tmp_path_factory.mktemp("demo"), tiny_ckpt)
+        _STACK["stack"] = DemoStack.start(tmp_path_factory.mktemp("demo"), ckpt)
     try:
         yield _STACK["stack"]
     finally:
         stack = _STACK.pop("stack", None)
         if stack is not None:
             stack.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_stack(tiny_ckpt, tmp_path_factory) -> Iterator[DemoStack]:
+    yield from shared_stack(tiny_ckpt, tmp_path_factory)
 
 
 # ---- helpers ------------------------------------------------------------------------------------

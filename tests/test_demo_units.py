@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from demo.conv_log import ConvLogger, ConvSnapshot, log_file
-from demo.examples import ExamplesError, load_examples
+from demo.examples import ExamplesError, fitting_model, load_examples
 from demo.session import CURSOR, ChatSession, PaneError, retemplate
 from demo.turn import merge
 from demo.worker_client import (
@@ -426,3 +426,14 @@ def test_a_broken_examples_file_names_the_problem(tmp_path):
     bad.write_text(json.dumps({"examples": [{"id": "x", "kind": "poem"}]}))
     with pytest.raises(ExamplesError, match="examples.0.kind"):
         load_examples(bad)
+
+
+def test_an_example_picks_its_model_or_one_that_fits_its_kind():
+    chat, sqa = (
+        next(e for e in load_examples() if e.kind == "chat"),
+        next(e for e in load_examples() if e.kind == "scienceqa"),
+    )
+    assert fitting_model(chat, ["llava-shapes-sqa", "llava-shapes-chat"]) == "llava-shapes-chat"
+    assert fitting_model(sqa, ["llava-tiny-chat", "llava-tiny-sqa"]) == "llava-tiny-sqa"  # the launcher's stand-ins
+    assert fitting_model(chat, ["llava-tiny-chat", "llava-tiny-sqa"]) == "llava-tiny-chat"
+    assert fitting_model(sqa, ["llava-v1.5-7b"]) is None

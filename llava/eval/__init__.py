@@ -1,0 +1,1 @@
+"""Evaluation of the mini LLaVA checkpoints: chat questions and ScienceQA tables."""

@@ -1,0 +1,129 @@
+"""Score checkpoints: `python -m llava.eval chat|sqa ...`.
+
+    python -m llava.eval chat --model checkpoints/llava-shapes-chat [--pictures 200] [--renderer primary alt]
+    python -m llava.eval sqa  --model checkpoints/llava-shapes-sqa  [--problems 300] [--renderer primary alt]
+    python -m llava.eval sqa  --problems-file problems.json --predictions answers.jsonl [--split test]
+    python -m llava.eval sqa  --model M --problems-file problems.json --image-folder images/ --split test \\
+                              [--save-predictions answers.jsonl]
+
+The first two draw fresh held-out pictures; the last two read real ScienceQA files (LLaVA's answer
+files are JSON Lines of `{"question_id", "text"}`). Tables go to stdout, `--json` writes the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from llava.errors import LlavaError  # noqa: E402
+
+RENDERERS = ("primary", "alt")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m llava.eval", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="task", required=True)
+    chat = sub.add_parser("chat", help="canonical questions about held-out pictures")
+    chat.add_argument("--model", required=True)
+    chat.add_argument("--pictures", type=int, default=200, help="pictures per renderer")
+    chat.add_argument("--seed", type=int, default=1234)
+    sqa = sub.add_parser("sqa", help="ScienceQA table: held-out world problems, or real problems.json files")
+    sqa.add_argument("--model", help="checkpoint to run (not needed when scoring --predictions)")
+    sqa.add_argument("--problems", type=int, default=300, help="world problems per renderer")
+    sqa.add_argument("--seed", type=int, default=4321)
+    sqa.add_argument("--problems-file", type=Path, help="a real ScienceQA problems.json")
+    sqa.add_argument("--predictions", type=Path, help="answers to score (.jsonl question_id/text, or {pid: text})")
+    sqa.add_argument("--image-folder", type=Path, help="ScienceQA images: <folder>/<split>/<pid>/image.png")
+    sqa.add_argument("--split", default=None, help="keep only problems of this split (e.g. test)")
+    sqa.add_argument("--save-predictions", type=Path, help="write the model's answers as LLaVA's .jsonl")
+    for sp in (chat, sqa):
+        sp.add_argument("--renderer", nargs="+", choices=RENDERERS, default=list(RENDERERS))
+        sp.add_argument("--device", default="cpu")
+        sp.add_argument("--json", type=Path, help="also write the results here")
+        sp.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def run_chat(args: argparse.Namespace) -> dict:
+    from llava.eval.chat import evaluate_chat
+    from llava.model.loader import load_pretrained
+    from llava.train.card import chat_table
+
+    loaded = load_pretrained(args.model, device=args.device)
+    results = {r: evaluate_chat(loaded, args.pictures, r, args.seed, not args.quiet).to_json() for r in args.renderer}
+    print(f"\n{args.model}: accuracy (%) per question kind, {args.pictures} held-out pictures per renderer\n")
+    print(chat_table(results))
+    return results
+
+
+def run_sqa(args: argparse.Namespace) -> dict:
+    from llava.data.scienceqa import load_problems
+    from llava.eval.sqa import (
+        evaluate_world_sqa,
+        image_folder_loader,
+        load_predictions,
+        markdown,
+        predict,
+        score_predictions,
+    )
+
+    if args.problems_file:
+        problems = load_problems(args.problems_file, args.split)
+        if not problems:
+            raise LlavaError(f"{args.problems_file}: no problems" + (f" in split {args.split!r}" if args.split else ""))
+        if args.predictions:
+            predictions = load_predictions(args.predictions)
+            problems = {pid: p for pid, p in problems.items() if pid in predictions}
+            if not problems:
+                raise LlavaError(f"{args.predictions}: none of its question ids is in {args.problems_file}")
+        else:
+            if not args.model:
+                raise LlavaError("give --predictions to score, or --model to answer the problems")
+            from llava.model.loader import load_pretrained
+
+            loaded = load_pretrained(args.model, device=args.device)
+            folder = args.image_folder or args.problems_file.parent / "images"
+            loader = image_folder_loader(folder, args.split or "test", problems)
+            predictions = predict(loaded, problems, loader, not args.quiet)
+            if args.save_predictions:
+                lines = [json.dumps({"question_id": pid, "text": t}) for pid, t in predictions.items()]
+                args.save_predictions.write_text("\n".join(lines) + "\n")
+        table = score_predictions(problems, predictions)
+        print(markdown(table, f"{args.problems_file}: accuracy (%)"))
+        return {"file": table.to_json()}
+    if not args.model:
+        raise LlavaError("give --model (world problems) or --problems-file (real ScienceQA)")
+    from llava.model.loader import load_pretrained
+    from llava.train.card import sqa_table
+
+    loaded = load_pretrained(args.model, device=args.device)
+    results = {
+        r: evaluate_world_sqa(loaded, args.problems, r, args.seed, not args.quiet).to_json() for r in args.renderer
+    }
+    print(f"\n{args.model}: ScienceQA-format accuracy (%), {args.problems} held-out problems per renderer\n")
+    print(sqa_table(results))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    try:
+        results = run_chat(args) if args.task == "chat" else run_sqa(args)
+    except LlavaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,91 @@
+"""Score a chat checkpoint on freshly drawn held-out pictures, through the serving generation path.
+
+Every question is a new `llava_v0` conversation with the picture, rendered by `llava.conversation`
+and answered by `llava.generation.generate` (greedy, stop `###`), exactly what a worker does.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from PIL import Image
+from tqdm import tqdm
+
+from llava.conversation import conv_templates
+from llava.data.build import make_style
+from llava.data.render_alt import AltStyle, render_alt
+from llava.data.world import Scene, render, sample_scene
+from llava.eval.questions import KINDS, Question, canonical_questions, score
+from llava.generation import GenerationParams, generate
+from llava.model.loader import LoadedModel
+
+
+@dataclass(slots=True)
+class ChatResult:
+    renderer: str
+    per_kind: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))  # kind -> 0/1 per question
+    named: int = 0  # objects a description named with the right colour + shape
+    objects: int = 0  # objects in the described pictures
+    extra: int = 0  # mentions of objects that are not there
+    samples: list[dict] = field(default_factory=list)  # a few question/answer pairs to show
+
+    def accuracy(self, kind: str) -> float:
+        values = self.per_kind.get(kind, [])
+        return sum(values) / len(values) if values else float("nan")
+
+    @property
+    def named_share(self) -> float:
+        return self.named / self.objects if self.objects else float("nan")
+
+    def to_json(self) -> dict:
+        return {
+            "renderer": self.renderer,
+            "accuracy": {k: self.accuracy(k) for k in KINDS if k in self.per_kind},
+            "questions": {k: len(v) for k, v in self.per_kind.items()},
+            "description_objects_named": self.named_share,
+            "description_extra_mentions": self.extra,
+            "samples": self.samples,
+        }
+
+
+def ask(loaded: LoadedModel, image: Image.Image | None, question: str, max_new_tokens: int = 96) -> str:
+    """One question in a fresh conversation under the checkpoint's template; the answer, stop trimmed."""
+    conv = conv_templates[loaded.template or "llava_v0"].copy()
+    conv.append_message(conv.roles[0], (question, image, "Default") if image is not None else question)
+    conv.append_message(conv.roles[1], None)
+    params = GenerationParams(temperature=0.0, max_new_tokens=max_new_tokens, stop=(conv.stop_str,))
+    images = conv.get_images(return_pil=True)
+    return generate(loaded, conv.get_prompt(), images, params).text.strip()
+
+
+def draw(scene: Scene, renderer: str, rng: random.Random) -> Image.Image:
+    style = make_style(rng, scene, renderer)
+    return render_alt(scene, style) if isinstance(style, AltStyle) else render(scene, style)
+
+
+def evaluate_chat(
+    loaded: LoadedModel, n_pictures: int, renderer: str, seed: int = 1234, progress: bool = True, n_samples: int = 8
+) -> ChatResult:
+    """Ask every canonical question about `n_pictures` new scenes drawn by `renderer`."""
+    rng = random.Random(seed)
+    result = ChatResult(renderer)
+    for k in tqdm(range(n_pictures), desc=f"chat eval ({renderer})", disable=not progress, mininterval=5.0):
+        scene = sample_scene(rng)
+        image = draw(scene, renderer, rng)
+        for q in canonical_questions(scene, rng):
+            answer = ask(loaded, image, q.text, max_new_tokens=160 if q.kind == "describe" else 48)
+            s = score(q, answer)
+            result.per_kind[q.kind].append(s["correct"])
+            if q.kind == "describe":
+                result.named += int(s["named"])
+                result.objects += int(s["objects"])
+                result.extra += int(s["extra"])
+            if k < n_samples or (not s["correct"] and len(result.samples) < 3 * n_samples):
+                result.samples.append(_sample(q, answer, s["correct"]))
+    return result
+
+
+def _sample(q: Question, answer: str, correct: float) -> dict:
+    return {"kind": q.kind, "question": q.text, "answer": answer, "correct": bool(correct)}

@@ -1,0 +1,181 @@
+"""Model cards: README.md in each checkpoint folder, written from the pipeline's report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from llava.eval.questions import KINDS, TARGET_KINDS
+
+STAGE_ROWS = (
+    ("corpus+tokenizer", "text corpus + byte-level BPE", "—"),
+    ("clip", "CLIP ViT + text tower, contrastive with hard negatives", "vision tower + text tower"),
+    ("lm", "Llama language model, next-token on the text corpus", "language model"),
+    ("stage1", "feature alignment on picture/caption pairs", "projector only"),
+    ("stage2-chat", "instruction tuning: conversation, detail, complex reasoning", "projector + language model"),
+    ("stage2-sqa", "ScienceQA-format tuning from stage 1 (QCM -> LEA)", "projector + language model"),
+)
+RENDERER_NAMES = {"primary": "own renderer (PIL, hard edges)", "alt": "second renderer (anti-aliased, 96-512 px)"}
+
+
+def _pct(v: Any) -> str:
+    return "—" if v is None or v != v else f"{100 * v:.1f}"
+
+
+def chat_table(evals: dict[str, dict]) -> str:
+    head = "| pictures | " + " | ".join(KINDS[:-1]) + " | describe: objects named | describe: extra mentions |"
+    lines = [head, "|" + "---|" * (len(KINDS) + 2)]
+    for renderer, r in evals.items():
+        acc = r["accuracy"]
+        cells = [_pct(acc.get(k)) for k in KINDS[:-1]]
+        lines.append(
+            f"| {RENDERER_NAMES.get(renderer, renderer)} | " + " | ".join(cells)
+            + f" | {_pct(r['description_objects_named'])} | {r['description_extra_mentions']} |"
+        )  # fmt: skip
+    n = next(iter(evals.values()))["questions"] if evals else {}
+    lines.append("")
+    lines.append("Questions per kind and renderer: " + ", ".join(f"{k} {v}" for k, v in n.items()) + ".")
+    return "\n".join(lines)
+
+
+def sqa_table(evals: dict[str, dict]) -> str:
+    first = next(iter(evals.values()))
+    cols = list(first["accuracy"])
+    names = [c.split("/", 1)[1] for c in cols]
+    lines = ["| pictures | " + " | ".join(names) + " | format kept |", "|" + "---|" * (len(cols) + 2)]
+    for renderer, r in evals.items():
+        cells = [_pct(r["accuracy"].get(c)) for c in cols]
+        lines.append(
+            f"| {RENDERER_NAMES.get(renderer, renderer)} | " + " | ".join(cells) + f" | {_pct(r['format_kept'])} |"
+        )
+    lines.append("| problems | " + " | ".join(str(first["counts"][c]) for c in cols) + " | |")
+    return "\n".join(lines)
+
+
+def stage_table(report, final_stage: str) -> str:
+    cfg = report.config
+    steps = {
+        "clip": (cfg["clip"]["optim"], cfg["clip"]["batch_size"]),
+        "lm": (cfg["lm_optim"], cfg["lm_batch"]),
+        "stage1": (cfg["stage1"]["optim"], cfg["stage1"]["batch_size"]),
+        "stage2-chat": (cfg["stage2"]["optim"], cfg["stage2"]["batch_size"]),
+        "stage2-sqa": (cfg["sqa"]["optim"], cfg["sqa"]["batch_size"]),
+    }
+    lines = ["| stage | what | trained | steps x batch | peak lr | minutes |", "|---|---|---|---|---|---|"]
+    for name, what, trained in STAGE_ROWS:
+        if name.startswith("stage2") and name != final_stage:
+            continue
+        optim, batch = steps.get(name, ({}, None))
+        size = f"{optim['steps']} x {batch}" if batch else "—"
+        lr = f"{optim['lr']:g}" if optim else "—"
+        minutes = report.timings.get(name)
+        lines.append(f"| {name} | {what} | {trained} | {size} | {lr} | {minutes / 60:.1f} |" if minutes else
+                     f"| {name} | {what} | {trained} | {size} | {lr} | — |")  # fmt: skip
+    if "total" in report.timings:
+        lines.append(
+            f"| **whole pipeline** (both checkpoints, evaluation included) | | | | | {report.timings['total'] / 60:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def write_card(folder: Path, name: str, report, smoke: bool = False) -> Path:
+    cfg, sizes = report.config, report.config["sizes"]
+    is_chat = name.endswith("chat")
+    stage = "stage2-chat" if is_chat else "stage2-sqa"
+    weights = folder / "model.safetensors"
+    mb = weights.stat().st_size / 1e6 if weights.exists() else float("nan")
+    clip_checks = report.histories["clip"].evals
+    clip_line = ", ".join(f"{k} {100 * v[-1][1]:.0f}%" for k, v in sorted(clip_checks.items())) or "not measured"
+    evals = report.evals.get(name)
+    if evals:
+        table = chat_table(evals) if is_chat else sqa_table(evals)
+    else:
+        table = "_Not evaluated in this run (`--no-eval`)._"
+    target = (
+        "Targets: >= 95% on " + ", ".join(TARGET_KINDS) + "; descriptions name >= 90% of the objects with the right "
+        "colour and shape; on both renderers."
+        if is_chat
+        else "Targets: >= 95% accuracy with the `The answer is X.` format kept on every item, on both renderers."
+    )
+    use_prompt = (
+        "###Human: <image>\\nWhat color is the circle?###Assistant:"
+        if is_chat
+        else "###Human: <image>\\nQuestion: Which shape is red?\\nContext: N/A\\nOptions: (A) circle (B) square "
+        "(C) triangle###Assistant:"
+    )
+    text = f"""# {name}{" (SMOKE RUN: tiny sizes, a few steps, untrained)" if smoke else ""}
+
+A mini LLaVA trained from scratch on CPU with the method of *Visual Instruction Tuning* (Liu et al., 2023):
+a CLIP ViT vision tower, a two-layer projector and a Llama language model, trained in two stages on
+machine-generated instruction data about a synthetic world of flat coloured shapes (circle, square, triangle;
+red, green, blue, yellow, purple, orange; small and large; 1 to 4 per picture). {"It chats about such pictures." if is_chat else "It answers ScienceQA-style multiple-choice questions about such pictures (and text-only ones), reasoning first, then `The answer is X.`"}
+
+It knows nothing outside that world. Made by `python -m llava.train.pipeline --out checkpoints/`
+(seed {cfg["seed"]}).
+
+## Use
+
+Plain `transformers` (`AutoProcessor` + `LlavaForConditionalGeneration`) with the `llava_v0` template
+(`config.json` names it under `conv_template`); generation stops at `###`:
+
+```python
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+processor = AutoProcessor.from_pretrained("checkpoints/{name}")
+model = LlavaForConditionalGeneration.from_pretrained("checkpoints/{name}")
+system = "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the human's questions."
+prompt = system + "{use_prompt}"
+inputs = processor(images=image, text=prompt, return_tensors="pt")
+out = model.generate(**inputs, max_new_tokens=64, do_sample=False)
+print(processor.decode(out[0, inputs.input_ids.shape[1]:]).split("###")[0])
+```
+
+or serve it: `python -m llava.cli --model-path checkpoints/{name} --image-file picture.png`.
+
+## Evaluation (held-out pictures, greedy decoding, through `llava.generation`)
+
+{target}
+
+{table}
+
+Reproduce: `{"python -m llava.eval chat --model checkpoints/" + name + " --pictures " + str(cfg["eval_pictures"]) if is_chat else "python -m llava.eval sqa --model checkpoints/" + name + " --problems " + str(cfg["eval_problems"])}`
+(both renderers by default; seeds fixed, the pictures are new scenes never used in training).
+
+## Model
+
+| part | sizes | parameters |
+|---|---|---|
+| vision tower (CLIP ViT) | {sizes["image_size"]} px, patch {sizes["patch_size"]} -> {(sizes["image_size"] // sizes["patch_size"]) ** 2} image tokens, width {sizes["vision_hidden"]}, {sizes["vision_layers"]} layers; features from layer -2 | {report.params.get("vision_tower", 0):,} |
+| projector | two-layer MLP (GELU) | {report.params.get("projector", 0):,} |
+| language model (Llama) | width {sizes["text_hidden"]}, {sizes["text_layers"]} layers, MLP {sizes["text_intermediate"]}, vocabulary {sizes["vocab_size"]}, context {sizes["max_position_embeddings"]} | {report.params.get("language_model", 0):,} |
+
+Weights: {mb:.1f} MB (float32 safetensors).
+
+## Data and stages
+
+- **Text corpus** ({report.data.get("corpus_texts", 0):,} texts): captions, the teacher's chats and ScienceQA-style problems
+  about symbolic scenes that are never drawn; trains the BPE tokenizer (`<image>` is a special token) and the LM.
+- **CLIP** ({report.data.get("clip_pairs", 0):,} picture/caption pairs, drawn at random resolutions with shade jitter and
+  tinted backgrounds, then resized by the processor). The caption names every object's size, colour, shape and
+  position; every picture also brings a hard-negative caption (one colour, shape, size, place or count changed, or
+  two colours swapped). Held-out hard-negative accuracy at the end: {clip_line}.
+- **Stage 1** ({report.data.get("stage1_pairs", 0):,} pairs): `Describe the image concisely.`-style instruction + caption;
+  vision tower and LM frozen, the projector learns.
+- **Stage 2** — {"chat: " + format(report.data.get("chat_records", 0), ",") + " LLaVA-Instruct records (" + format(report.data.get("chat_turns", 0), ",") + " question/answer turns) from the rule-based teacher, which reads only captions + boxes: multi-turn conversations (canonical questions and paraphrases), detailed descriptions, complex reasoning (largest, in common, extremes, left of, more than, what if removed)" if is_chat else "ScienceQA: " + format(report.data.get("sqa_problems", 0), ",") + " problems in ScienceQA's `problems.json` schema (picture, text-context and no-context problems), asked as `Question/Context/Options` (QCM) and answered as lecture + explanation + `The answer is X.` (LEA); tuned from the stage-1 model"}.
+  Loss on the assistant's tokens only (answer and `###`), under the `llava_v0` template.
+
+{stage_table(report, stage)}
+
+Measured on 2 CPU cores (shared machine) with bfloat16 autocast.
+
+![training curves](training_curves.png)
+
+`training_report.json` holds the full configuration, per-step losses and the evaluation results.
+
+## Limitations
+
+Only the synthetic world; positions are the cells of a 3x3 grid; pictures that are not square are
+centre-cropped by the processor (use the UI's "Pad" mode to keep the whole picture).
+"""
+    path = folder / "README.md"
+    path.write_text(text)
+    return path

@@ -1,0 +1,204 @@
+"""A small CLIP, pre-trained contrastively on picture/caption pairs: the frozen vision tower of LLaVA.
+
+The captions name every object's size, colour, shape and position, and each picture also brings a hard
+negative caption (its scene with one thing changed: a colour, a shape, a size, a place, the count, or two
+colours swapped), so the only way to a low loss is a tower that encodes all of them, bound to each object.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+
+from llava.data.world import (
+    MAX_OBJECTS,
+    Scene,
+    SceneObject,
+    full_caption,
+    region_of,
+    sample_scene,
+)
+from llava.model.tiny import COLORS, SHAPES
+from llava.train.loop import History, OptimConfig, train
+
+PERTURBATIONS = ("color", "shape", "size", "position", "count", "swap")
+
+
+@dataclass(slots=True)
+class ClipConfig:
+    text_hidden: int = 128  # text tower width (the vision tower's sizes come from the LLaVA config)
+    text_layers: int = 3
+    text_heads: int = 4
+    max_caption_tokens: int = 96
+    batch_size: int = 256
+    optim: OptimConfig = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.optim is None:
+            self.optim = OptimConfig(steps=600, lr=2e-3, warmup=60, weight_decay=0.1)
+
+
+def build_clip(vision: CLIPVisionConfig, tokenizer, cfg: ClipConfig) -> CLIPModel:
+    text = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.text_hidden,
+        intermediate_size=4 * cfg.text_hidden,
+        num_hidden_layers=cfg.text_layers,
+        num_attention_heads=cfg.text_heads,
+        max_position_embeddings=cfg.max_caption_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    config = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=vision.hidden_size)
+    return CLIPModel(config)
+
+
+# --- hard negatives -------------------------------------------------------------------------------
+
+
+def perturb(scene: Scene, kind: str, rng: random.Random) -> Scene | None:
+    """The scene with one thing changed so that its full caption differs; None if `kind` cannot apply."""
+    objs = list(scene.objects)
+    i = rng.randrange(len(objs))
+    o = objs[i]
+    if kind == "color":
+        objs[i] = replace(o, color=rng.choice([c for c in COLORS if c != o.color]))
+    elif kind == "shape":
+        objs[i] = replace(o, shape=rng.choice([s for s in SHAPES if s != o.shape]))
+    elif kind == "size":
+        objs[i] = replace(o, size="small" if o.size == "large" else "large")
+    elif kind == "position":
+        x1, y1, x2, y2 = o.box
+        moved = [(1 - x2, y1, 1 - x1, y2), (x1, 1 - y2, x2, 1 - y1), (1 - x2, 1 - y2, 1 - x1, 1 - y1)]
+        moved = [b for b in moved if region_of(((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)) != region_of(o.center)]
+        if not moved:
+            return None
+        objs[i] = replace(o, box=tuple(round(v, 3) for v in rng.choice(moved)))
+    elif kind == "count":
+        if len(objs) > 1 and (len(objs) == MAX_OBJECTS or rng.random() < 0.5):
+            del objs[i]
+        else:
+            extra = sample_scene(rng, n_objects=1).objects[0]
+            objs.append(extra)
+    elif kind == "swap":
+        others = [j for j, p in enumerate(objs) if p.color != o.color]
+        if not others:
+            return None
+        j = rng.choice(others)
+        objs[i], objs[j] = replace(o, color=objs[j].color), replace(objs[j], color=o.color)
+    else:
+        raise ValueError(f"unknown perturbation {kind!r}")
+    return Scene(tuple(objs))
+
+
+def negative_caption(scene: Scene, rng: random.Random, kind: str | None = None) -> str:
+    """A caption of a slightly different scene (kind drawn at random unless given)."""
+    truth = full_caption(scene)
+    for _ in range(20):
+        other = perturb(scene, kind or rng.choice(PERTURBATIONS), rng)
+        if other is not None and full_caption(other) != truth:
+            return full_caption(other)
+    return full_caption(Scene((SceneObject("circle", "red", "large", (0.1, 0.1, 0.4, 0.4)),)))
+
+
+# --- model pieces ---------------------------------------------------------------------------------
+
+
+def tokenize_captions(tokenizer, captions: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) ids with BOS ... EOS, right-padded, and the EOS index per row (the pooled position)."""
+    rows = [ids[: max_len - 1] + [tokenizer.eos_token_id] for ids in tokenizer(captions).input_ids]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    for k, r in enumerate(rows):
+        ids[k, : len(r)] = torch.tensor(r)
+    return ids, torch.tensor([len(r) - 1 for r in rows])
+
+
+def embed_text(clip: CLIPModel, ids: torch.Tensor, eos_at: torch.Tensor) -> torch.Tensor:
+    mask = (ids != clip.config.text_config.pad_token_id).long()
+    hidden = clip.text_model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, Ht)
+    pooled = hidden[torch.arange(len(ids)), eos_at]  # (B, Ht)
+    return F.normalize(clip.text_projection(pooled), dim=-1)
+
+
+def embed_images(clip: CLIPModel, pixel_values: torch.Tensor) -> torch.Tensor:
+    pooled = clip.vision_model(pixel_values=pixel_values).pooler_output  # (B, Hv), CLS after post-LN
+    return F.normalize(clip.visual_projection(pooled), dim=-1)
+
+
+def contrastive_loss(clip: CLIPModel, images: torch.Tensor, texts: torch.Tensor, n_pos: int) -> torch.Tensor:
+    """Images (B, D) against B positive texts followed by hard negatives; texts only against images."""
+    scale = clip.logit_scale.exp().clamp(max=100)
+    logits = scale * images @ texts.T  # (B, B + negatives)
+    target = torch.arange(len(images))
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, :n_pos].T, target)) / 2
+
+
+@torch.no_grad()
+def hard_negative_accuracy(
+    clip: CLIPModel, tokenizer, pixel_values: torch.Tensor, scenes: list[Scene], seed: int = 0, max_len: int = 96
+) -> dict[str, float]:
+    """Per perturbation kind: how often the true caption outscores the changed one for the same picture."""
+    clip.eval()
+    rng = random.Random(seed)
+    images = embed_images(clip, pixel_values)
+    out = {}
+    truth = embed_text(clip, *tokenize_captions(tokenizer, [full_caption(s) for s in scenes], max_len))
+    for kind in PERTURBATIONS:
+        hits, total = 0, 0
+        negatives, rows = [], []
+        for k, s in enumerate(scenes):
+            other = perturb(s, kind, rng)
+            if other is not None and full_caption(other) != full_caption(s):
+                negatives.append(full_caption(other))
+                rows.append(k)
+        if not rows:
+            continue
+        neg = embed_text(clip, *tokenize_captions(tokenizer, negatives, max_len))
+        idx = torch.tensor(rows)
+        pos_score = (images[idx] * truth[idx]).sum(-1)
+        neg_score = (images[idx] * neg).sum(-1)
+        hits, total = int((pos_score > neg_score).sum()), len(rows)
+        out[kind] = hits / total
+    clip.train()
+    return out
+
+
+def pretrain_clip(
+    clip: CLIPModel,
+    tokenizer,
+    pixels: torch.Tensor,
+    scenes: list[Scene],
+    cfg: ClipConfig,
+    normalize,
+    seed: int = 0,
+    holdout: tuple[torch.Tensor, list[Scene]] | None = None,
+    progress: bool = True,
+) -> History:
+    """Contrastive pre-training on (uint8 pixels, scene) pairs; captions and negatives made per step."""
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    captions = [full_caption(s) for s in scenes]
+    clip.train()
+
+    def loss_fn(step: int) -> torch.Tensor:
+        idx = torch.randint(len(scenes), (cfg.batch_size,), generator=gen)
+        texts = [captions[i] for i in idx] + [negative_caption(scenes[i], rng) for i in idx]
+        ids, eos_at = tokenize_captions(tokenizer, texts, cfg.max_caption_tokens)
+        images = embed_images(clip, normalize(pixels[idx]))
+        return contrastive_loss(clip, images, embed_text(clip, ids, eos_at), cfg.batch_size)
+
+    evaluate = None
+    if holdout is not None:
+        hold_px = normalize(holdout[0])
+
+        def evaluate(step: int) -> dict[str, float]:
+            return hard_negative_accuracy(clip, tokenizer, hold_px, holdout[1], max_len=cfg.max_caption_tokens)
+
+    eval_every = max(1, cfg.optim.steps // 4)
+    return train(clip.parameters(), loss_fn, cfg.optim, "clip", evaluate, eval_every, progress)

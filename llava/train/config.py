@@ -1,0 +1,89 @@
+"""Sizes and budgets of the whole pipeline: the full run that makes the shipped checkpoints, and `--smoke`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from llava.train.clip import ClipConfig
+from llava.train.loop import OptimConfig
+from llava.train.stages import StageConfig
+
+
+@dataclass(slots=True)
+class ModelSizes:
+    vocab_size: int = 1024  # BPE vocabulary incl. special tokens
+    image_size: int = 64  # processor output, pixels
+    patch_size: int = 16  # ViT patch -> (64 / 16)**2 = 16 image tokens
+    vision_hidden: int = 128
+    vision_layers: int = 4  # features come from layer 3 (vision_feature_layer=-2)
+    vision_heads: int = 4
+    text_hidden: int = 256
+    text_layers: int = 4
+    text_heads: int = 4
+    text_intermediate: int = 688
+    max_position_embeddings: int = 512
+
+    def llava_kwargs(self) -> dict[str, int]:
+        """The keyword arguments of `llava.model.tiny.build_config`."""
+        return {k: v for k, v in asdict(self).items() if k != "vocab_size"}
+
+
+@dataclass(slots=True)
+class PipelineConfig:
+    seed: int = 0
+    sizes: ModelSizes = field(default_factory=ModelSizes)
+    corpus_scenes: int = 12000  # symbolic scenes for the text corpus (tokenizer + LM pre-training)
+    corpus_problems: int = 3000  # ScienceQA-style problems in the text corpus
+    clip_pictures: int = 12000
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    lm_batch: int = 32
+    lm_optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=700, lr=2e-3, warmup=50, weight_decay=0.05))
+    stage1_pictures: int = 8000
+    stage1: StageConfig = field(
+        default_factory=lambda: StageConfig("stage1", 32, OptimConfig(steps=400, lr=2e-3, warmup=40), train_lm=False)
+    )
+    chat_pictures: int = 16000
+    chat_per_picture: int = 1  # instruction records per picture
+    stage2: StageConfig = field(
+        default_factory=lambda: StageConfig(
+            "stage2-chat", 32, OptimConfig(steps=1500, lr=1e-3, warmup=60, weight_decay=0.0), train_lm=True
+        )
+    )
+    sqa_problems: int = 8000
+    sqa: StageConfig = field(
+        default_factory=lambda: StageConfig(
+            "stage2-sqa", 32, OptimConfig(steps=600, lr=1e-3, warmup=40, weight_decay=0.0), train_lm=True
+        )
+    )
+    holdout_pictures: int = 500  # CLIP hard-negative check during pre-training
+    eval_pictures: int = 200  # per renderer, after training
+    eval_problems: int = 300  # per renderer, after training
+    progress: bool = True
+
+    @classmethod
+    def smoke(cls) -> PipelineConfig:
+        """Every stage end to end in well under two minutes: tiny sizes, a few steps."""
+        tiny = ModelSizes(
+            vocab_size=400, image_size=32, patch_size=16, vision_hidden=32, vision_layers=2, vision_heads=2,
+            text_hidden=48, text_layers=2, text_heads=2, text_intermediate=96, max_position_embeddings=384,
+        )  # fmt: skip
+        quick = OptimConfig(steps=6, lr=1e-3, warmup=2)
+        return cls(
+            sizes=tiny,
+            corpus_scenes=200,
+            corpus_problems=50,
+            clip_pictures=96,
+            clip=ClipConfig(text_hidden=32, text_layers=1, text_heads=2, batch_size=16, optim=quick),
+            lm_batch=8,
+            lm_optim=quick,
+            stage1_pictures=48,
+            stage1=StageConfig("stage1", 8, quick, train_lm=False),
+            chat_pictures=48,
+            stage2=StageConfig("stage2-chat", 8, quick, train_lm=True),
+            sqa_problems=48,
+            sqa=StageConfig("stage2-sqa", 8, quick, train_lm=True),
+            holdout_pictures=32,
+            eval_pictures=2,
+            eval_problems=4,
+            progress=False,
+        )

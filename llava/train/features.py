@@ -1,0 +1,63 @@
+"""The frozen vision tower, run once: cached layer -2 patch features, and the LLaVA forward that uses them.
+
+Stage 1 and stage 2 never update the vision tower, so each picture's features are computed once
+(`vision_feature_layer=-2`, CLS dropped: the "default" strategy) and the training forward starts at the
+projector. `llava_loss` matches `LlavaForConditionalGeneration.forward` on the same inputs (tested).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from transformers import LlavaForConditionalGeneration
+
+from llava.train.sequences import IGNORE, Batch
+
+
+@torch.no_grad()
+def vision_features(
+    model: LlavaForConditionalGeneration,
+    pixels: torch.Tensor,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    batch: int = 256,
+) -> torch.Tensor:
+    """(N, patches, vision_hidden) bfloat16 features of uint8 pixels (N, 3, H, W), as LLaVA selects them."""
+    cfg = model.config
+    tower = model.model.vision_tower.eval()
+    out = []
+    for start in range(0, len(pixels), batch):
+        hidden = tower(normalize(pixels[start : start + batch]), output_hidden_states=True).hidden_states
+        feats = hidden[cfg.vision_feature_layer]
+        if cfg.vision_feature_select_strategy == "default":
+            feats = feats[:, 1:]  # drop CLS
+        out.append(feats.to(torch.bfloat16))
+    return torch.cat(out)
+
+
+def llava_logits(
+    model: LlavaForConditionalGeneration,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    image_features: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hidden states (B, T, H) of the language model with projected image features in the image slots."""
+    embeds = model.get_input_embeddings()(input_ids)  # (B, T, H)
+    if image_features is not None and len(image_features):
+        projected = model.model.multi_modal_projector(image_features.float())  # (n_img, P, H)
+        slots = (input_ids == model.config.image_token_id).unsqueeze(-1).expand_as(embeds)
+        if int(slots[..., 0].sum()) != projected.shape[0] * projected.shape[1]:
+            raise ValueError("image tokens in the batch do not match the number of image features")
+        embeds = embeds.masked_scatter(slots, projected.to(embeds.dtype))
+    hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+    return hidden, embeds
+
+
+def llava_loss(model: LlavaForConditionalGeneration, batch: Batch, image_features: torch.Tensor | None) -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled (assistant) tokens."""
+    hidden, _ = llava_logits(model, batch.input_ids, batch.attention_mask, image_features)
+    targets = batch.labels[:, 1:]  # position t predicts token t + 1
+    keep = targets != IGNORE
+    logits = model.lm_head(hidden[:, :-1][keep])  # (n_targets, vocab): only where there is a loss
+    return F.cross_entropy(logits.float(), targets[keep])

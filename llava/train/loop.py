@@ -1,0 +1,93 @@
+"""The one optimisation loop every stage uses: AdamW, warmup + cosine decay, clipping, bf16 autocast."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+from tqdm import tqdm
+
+
+@dataclass(slots=True)
+class OptimConfig:
+    steps: int  # optimiser steps (one batch each)
+    lr: float  # peak learning rate
+    warmup: int = 50  # linear warmup steps
+    min_lr_ratio: float = 0.1  # cosine decays to lr * this
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max global grad norm; 0 turns clipping off
+    bf16: bool = True  # autocast matmuls to bfloat16 (AMX/AVX-512 on CPU); weights stay float32
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.lr <= 0:
+            raise ValueError(f"steps must be >= 1 and lr > 0, got steps={self.steps} lr={self.lr}")
+
+    def lr_at(self, step: int) -> float:
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        progress = (step - self.warmup) / max(1, self.steps - self.warmup)
+        cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * cosine)
+
+
+@dataclass(slots=True)
+class History:
+    """What a run did: loss and lr per step, wall time, optional evaluation points."""
+
+    name: str
+    losses: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    evals: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> [(step, value)]
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "losses": self.losses, "lrs": self.lrs, "evals": self.evals, "seconds": self.seconds}
+
+
+def train(
+    params: Iterable[torch.nn.Parameter],
+    loss_fn: Callable[[int], torch.Tensor],
+    cfg: OptimConfig,
+    name: str,
+    evaluate: Callable[[int], dict[str, float]] | None = None,
+    eval_every: int = 0,
+    progress: bool = True,
+) -> History:
+    """Run `cfg.steps` steps of `loss_fn(step)` (a scalar loss for one batch) and return the history."""
+    params = [p for p in params if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+    )
+    history = History(name)
+    start = time.perf_counter()
+    bar = tqdm(range(cfg.steps), desc=name, unit="step", disable=not progress, mininterval=2.0)
+    for step in bar:
+        lr = cfg.lr_at(step)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            loss = loss_fn(step)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"{name}: loss became {value} at step {step}; lower the learning rate")
+        history.losses.append(value)
+        history.lrs.append(lr)
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{value:.3f}")
+        if evaluate and eval_every and ((step + 1) % eval_every == 0 or step + 1 == cfg.steps):
+            for metric, v in evaluate(step + 1).items():
+                history.evals.setdefault(metric, []).append((step + 1, v))
+    history.seconds = time.perf_counter() - start
+    return history

@@ -1,0 +1,227 @@
+"""The whole recipe, from nothing to the two shipped checkpoints.
+
+    python -m llava.train.pipeline --out checkpoints/            # the full run (under an hour on 2 cores)
+    python -m llava.train.pipeline --out /tmp/smoke --smoke      # every stage, tiny, for the tests
+
+1. corpus + BPE tokenizer   2. CLIP pre-training (contrastive, hard negatives)   3. LM pre-training (text)
+4. stage 1: projector only, picture/caption pairs   5. stage 2: projector + LM on instruction data -> chat
+6. from stage 1 again: projector + LM on ScienceQA-format data -> sqa   7. held-out evaluation on both
+renderers, model cards and training curves written into each checkpoint folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import LlamaForCausalLM, LlavaForConditionalGeneration
+from transformers.utils import logging as hf_logging
+
+from llava.data.build import Picture, instruct_records, make_pictures, sqa_pictures
+from llava.data.scienceqa import to_instruct
+from llava.data.sqa_world import make_problems
+from llava.model.tiny import build_config, build_processor, save_checkpoint, train_tokenizer
+from llava.train.clip import build_clip, pretrain_clip
+from llava.train.config import PipelineConfig
+from llava.train.corpus import build_corpus
+from llava.train.features import vision_features
+from llava.train.loop import History
+from llava.train.pixels import normalize, to_uint8
+from llava.train.sequences import Example, encode_record, encode_text
+from llava.train.stages import pretrain_lm, run_stage
+
+CHAT_NAME, SQA_NAME = "llava-shapes-chat", "llava-shapes-sqa"
+
+
+@dataclass(slots=True)
+class Report:
+    """Everything a model card needs: what ran, how long, how it went."""
+
+    config: dict
+    timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+    histories: dict[str, History] = field(default_factory=dict)
+    params: dict[str, int] = field(default_factory=dict)
+    data: dict[str, int] = field(default_factory=dict)  # what each stage trained on
+    evals: dict[str, dict] = field(default_factory=dict)  # checkpoint -> renderer -> results
+
+    @contextmanager
+    def timed(self, name: str):
+        start = time.perf_counter()
+        print(f"[pipeline] {name} ...", flush=True)
+        yield
+        self.timings[name] = time.perf_counter() - start
+        print(f"[pipeline] {name} done in {self.timings[name]:.1f} s", flush=True)
+
+    def to_json(self) -> dict:
+        return {
+            "config": self.config,
+            "timings_s": self.timings,
+            "params": self.params,
+            "data": self.data,
+            "evals": self.evals,
+            "histories": {k: h.to_json() for k, h in self.histories.items()},
+        }
+
+
+def _pixels(pictures: list[Picture], processor) -> torch.Tensor:
+    return to_uint8([p.image() for p in pictures], processor.image_processor)
+
+
+def _encode(records: list[dict], tokenizer, n_image_tokens: int, max_len: int) -> list[Example]:
+    examples = [encode_record(r, tokenizer, n_image_tokens) for r in records]
+    longest = max(len(e.input_ids) for e in examples)
+    if longest > max_len:
+        raise ValueError(f"a training sequence has {longest} tokens; the context holds {max_len}")
+    return examples
+
+
+def _features(model, pictures: list[Picture], processor) -> tuple[torch.Tensor, dict[str, int]]:
+    pixels = _pixels(pictures, processor)
+    feats = vision_features(model, pixels, lambda x: normalize(x, processor.image_processor))
+    return feats, {p.name: i for i, p in enumerate(pictures)}
+
+
+def count_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def train_all(cfg: PipelineConfig, out: Path) -> Report:
+    """Run stages 1-6; both checkpoints are saved under `out`."""
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    report = Report(config=asdict(cfg))
+    sizes = cfg.sizes
+
+    with report.timed("corpus+tokenizer"):
+        corpus = build_corpus(cfg.corpus_scenes, cfg.corpus_problems, cfg.seed)
+        tokenizer = train_tokenizer(corpus, sizes.vocab_size)
+        tokenizer.model_max_length = sizes.max_position_embeddings
+        processor = build_processor(tokenizer, sizes.image_size, sizes.patch_size)
+        config = build_config(tokenizer, **sizes.llava_kwargs())
+        report.data["corpus_texts"] = len(corpus)
+    norm = lambda x: normalize(x, processor.image_processor)  # noqa: E731
+
+    with report.timed("clip"):
+        pictures = make_pictures(rng, cfg.clip_pictures, "clip")
+        holdout = make_pictures(random.Random(cfg.seed + 1), cfg.holdout_pictures, "holdout")
+        clip = build_clip(config.vision_config, tokenizer, cfg.clip)
+        report.histories["clip"] = pretrain_clip(
+            clip, tokenizer, _pixels(pictures, processor), [p.scene for p in pictures], cfg.clip, norm,
+            seed=cfg.seed, holdout=(_pixels(holdout, processor), [p.scene for p in holdout]), progress=cfg.progress,
+        )  # fmt: skip
+        report.data["clip_pairs"] = len(pictures)
+        report.params["clip_text_tower"] = count_params(clip.text_model) + count_params(clip.text_projection)
+
+    with report.timed("lm"):
+        lm = LlamaForCausalLM(config.text_config)
+        texts = [encode_text(t, tokenizer, sizes.max_position_embeddings) for t in corpus]
+        report.histories["lm"] = pretrain_lm(lm, texts, cfg.lm_batch, cfg.lm_optim, cfg.seed, cfg.progress)
+
+    model = LlavaForConditionalGeneration(config)
+    model.model.vision_tower.load_state_dict(clip.vision_model.state_dict())
+    model.model.language_model.load_state_dict(lm.model.state_dict())
+    model.lm_head.load_state_dict(lm.lm_head.state_dict())
+    del clip, lm
+    report.params |= {
+        "vision_tower": count_params(model.model.vision_tower),
+        "projector": count_params(model.model.multi_modal_projector),
+        "language_model": count_params(model.model.language_model) + count_params(model.lm_head),
+    }
+    n_img, max_len = config.image_seq_length, sizes.max_position_embeddings
+
+    with report.timed("stage1"):
+        pictures = make_pictures(rng, cfg.stage1_pictures, "stage1")
+        feats, index = _features(model, pictures, processor)
+        records = instruct_records(pictures, rng, mix={"brief": 1.0})
+        examples = _encode(records, tokenizer, n_img, max_len)
+        report.histories["stage1"] = run_stage(model, examples, feats, index, cfg.stage1, progress=cfg.progress)
+        report.data["stage1_pairs"] = len(records)
+    after_stage1 = {k: v.clone() for k, v in model.state_dict().items()}
+
+    with report.timed("stage2-chat"):
+        pictures = make_pictures(rng, cfg.chat_pictures, "chat")
+        feats, index = _features(model, pictures, processor)
+        records = instruct_records(pictures, rng, per_picture=cfg.chat_per_picture)
+        examples = _encode(records, tokenizer, n_img, max_len)
+        report.histories["stage2-chat"] = run_stage(model, examples, feats, index, cfg.stage2, progress=cfg.progress)
+        report.data["chat_records"] = len(records)
+        report.data["chat_turns"] = sum(len(r["conversations"]) // 2 for r in records)
+        save_checkpoint(model, processor, out / CHAT_NAME)
+
+    model.load_state_dict(after_stage1)
+    with report.timed("stage2-sqa"):
+        problems, scenes = make_problems(rng, cfg.sqa_problems, "train")
+        pictures = list(sqa_pictures(scenes, rng).values())
+        feats, index = _features(model, pictures, processor)
+        records = [to_instruct(pid, p) for pid, p in problems.items()]
+        examples = _encode(records, tokenizer, n_img, max_len)
+        report.histories["stage2-sqa"] = run_stage(model, examples, feats, index, cfg.sqa, progress=cfg.progress)
+        report.data["sqa_problems"] = len(records)
+        save_checkpoint(model, processor, out / SQA_NAME)
+    return report
+
+
+def evaluate_all(cfg: PipelineConfig, out: Path, report: Report) -> None:
+    """Score both checkpoints, loaded from disk as a worker loads them, on both renderers."""
+    from llava.eval.chat import evaluate_chat
+    from llava.eval.sqa import evaluate_world_sqa
+    from llava.model.loader import load_pretrained
+
+    with report.timed("eval"):
+        chat = load_pretrained(out / CHAT_NAME, device="cpu")
+        sqa = load_pretrained(out / SQA_NAME, device="cpu")
+        for renderer in ("primary", "alt"):
+            result = evaluate_chat(chat, cfg.eval_pictures, renderer, progress=cfg.progress)
+            report.evals.setdefault(CHAT_NAME, {})[renderer] = result.to_json()
+            table = evaluate_world_sqa(sqa, cfg.eval_problems, renderer, progress=cfg.progress)
+            report.evals.setdefault(SQA_NAME, {})[renderer] = table.to_json()
+
+
+def write_outputs(cfg: PipelineConfig, out: Path, report: Report) -> None:
+    from llava.train.card import write_card
+    from llava.train.curves import plot_histories
+
+    for name, stage in ((CHAT_NAME, "stage2-chat"), (SQA_NAME, "stage2-sqa")):
+        folder = out / name
+        stages = [report.histories[k] for k in ("clip", "lm", "stage1", stage)]
+        plot_histories(stages, folder / "training_curves.png", f"{name}: training loss per stage")
+        (folder / "training_report.json").write_text(json.dumps(report.to_json(), indent=1))
+        write_card(folder, name, report, smoke=cfg.sizes.image_size < 48)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m llava.train.pipeline", description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True, help="folder for llava-shapes-chat/ and llava-shapes-sqa/")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes and a few steps: every stage in < 2 minutes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation and the tables in the cards")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    torch.set_num_threads(args.threads)
+    cfg = PipelineConfig.smoke() if args.smoke else PipelineConfig()
+    cfg.seed = args.seed
+    cfg.progress = cfg.progress and not args.quiet
+    start = time.perf_counter()
+    report = train_all(cfg, args.out)
+    if not args.no_eval:
+        evaluate_all(cfg, args.out, report)
+    report.timings["total"] = time.perf_counter() - start
+    write_outputs(cfg, args.out, report)
+    for stage, seconds in report.timings.items():
+        print(f"{stage:>18}: {seconds / 60:6.2f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

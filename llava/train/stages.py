@@ -1,0 +1,90 @@
+"""Stage 1 (projector only, picture/caption pairs) and stage 2 (projector + LM, instruction data).
+
+Both are the same loop over cached vision features; they differ in what is trainable and what data
+comes in. The vision tower stays frozen throughout, as in the paper.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import LlamaForCausalLM, LlavaForConditionalGeneration
+
+from llava.train.features import llava_loss
+from llava.train.loop import History, OptimConfig, train
+from llava.train.sequences import IGNORE, Example, collate, length_grouped_batches
+
+
+@dataclass(slots=True)
+class StageConfig:
+    name: str  # "stage1", "stage2-chat", ... (names the progress bar and the curves)
+    batch_size: int
+    optim: OptimConfig
+    train_lm: bool  # False: only the projector learns (stage 1); True: projector + language model
+    seed: int = 0
+
+
+def set_trainable(model: LlavaForConditionalGeneration, train_lm: bool) -> int:
+    """Freeze everything but the projector (and the LM when asked); returns the trainable parameter count."""
+    for p in model.parameters():
+        p.requires_grad = False
+    trainable = list(model.model.multi_modal_projector.parameters())
+    if train_lm:
+        trainable += list(model.model.language_model.parameters()) + list(model.lm_head.parameters())
+    for p in trainable:
+        p.requires_grad = True
+    return sum(p.numel() for p in trainable)
+
+
+def run_stage(
+    model: LlavaForConditionalGeneration,
+    examples: Sequence[Example],
+    features: torch.Tensor,
+    feature_index: dict[str, int],
+    cfg: StageConfig,
+    evaluate: Callable[[int], dict[str, float]] | None = None,
+    eval_every: int = 0,
+    progress: bool = True,
+) -> History:
+    """Train on `examples`, whose pictures' features are rows of `features` named by `feature_index`."""
+    missing = {e.image for e in examples if e.image is not None and e.image not in feature_index}
+    if missing:
+        raise KeyError(f"{len(missing)} pictures have no cached features, e.g. {sorted(missing)[:3]}")
+    set_trainable(model, cfg.train_lm)
+    model.train()
+    batches = length_grouped_batches(examples, cfg.batch_size, random.Random(cfg.seed))
+    pad = model.config.text_config.pad_token_id
+
+    def loss_fn(step: int) -> torch.Tensor:
+        batch = collate([examples[i] for i in next(batches)], pad)
+        rows = [feature_index[name] for name in batch.images]
+        return llava_loss(model, batch, features[rows] if rows else None)
+
+    history = train(model.parameters(), loss_fn, cfg.optim, cfg.name, evaluate, eval_every, progress)
+    model.eval()
+    return history
+
+
+def pretrain_lm(
+    lm: LlamaForCausalLM, examples: Sequence[Example], batch_size: int, optim: OptimConfig, seed: int = 0,
+    progress: bool = True,
+) -> History:  # fmt: skip
+    """Plain next-token pre-training of the language model on the text corpus."""
+    lm.train()
+    batches = length_grouped_batches(examples, batch_size, random.Random(seed))
+    pad = lm.config.pad_token_id
+
+    def loss_fn(step: int) -> torch.Tensor:
+        batch = collate([examples[i] for i in next(batches)], pad)
+        hidden = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+        targets = batch.labels[:, 1:]
+        keep = targets != IGNORE
+        logits = lm.lm_head(hidden[:, :-1][keep])
+        return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
+
+    history = train(lm.parameters(), loss_fn, optim, "lm", progress=progress)
+    lm.eval()
+    return history

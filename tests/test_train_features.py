@@ -1,0 +1,100 @@
+"""The cached-feature training forward equals LLaVA's own forward; stages train only what they should."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+from llava.data import teacher
+from llava.data.build import instruct_records, make_pictures
+from llava.data.world import sample_scene, scene_context
+from llava.train.features import llava_loss, vision_features
+from llava.train.loop import OptimConfig
+from llava.train.pixels import normalize, to_uint8
+from llava.train.sequences import collate, encode_record, render_with_spans
+from llava.train.stages import StageConfig, run_stage, set_trainable
+
+
+@pytest.fixture(scope="module")
+def parts(tiny_ckpt):
+    processor = AutoProcessor.from_pretrained(tiny_ckpt)
+    model = LlavaForConditionalGeneration.from_pretrained(tiny_ckpt).eval()
+    return processor, model
+
+
+def _n_image(model) -> int:
+    return model.config.image_seq_length
+
+
+def test_uint8_pixels_normalise_to_the_processor_output(parts):
+    processor, _ = parts
+    images = [p.image() for p in make_pictures(random.Random(0), 5, "x")]
+    expected = processor.image_processor(images, return_tensors="pt").pixel_values
+    got = normalize(to_uint8(images, processor.image_processor), processor.image_processor)
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_cached_forward_matches_llava_forward(parts):
+    processor, model = parts
+    rng = random.Random(1)
+    scene = sample_scene(rng)
+    image = make_pictures(random.Random(2), 1, "x")[0].image()
+    record = teacher.to_record("r", "x.png", teacher.teach(scene_context(scene), "conversation", rng))
+    example = encode_record(record, processor.tokenizer, _n_image(model))
+    text, _ = render_with_spans(record["conversations"])
+    enc = processor(images=image, text=text, return_tensors="pt")
+    labels = torch.tensor([example.labels])
+    with torch.no_grad():
+        reference = model(**enc, labels=labels).loss
+        pixels = to_uint8([image], processor.image_processor)
+        feats = vision_features(model, pixels, lambda x: normalize(x, processor.image_processor))
+        ours = llava_loss(model, collate([example], processor.tokenizer.pad_token_id), feats.float())
+    assert feats.shape == (1, _n_image(model), model.config.vision_config.hidden_size)
+    # features are stored in bfloat16, hence the tolerance
+    assert torch.allclose(ours, reference, rtol=2e-2), (float(ours), float(reference))
+
+
+def test_image_slots_must_match_features(parts):
+    processor, model = parts
+    record = teacher.to_record("r", "x.png", [("What?", "Nothing.")])
+    batch = collate([encode_record(record, processor.tokenizer, _n_image(model))], processor.tokenizer.pad_token_id)
+    with pytest.raises(ValueError, match="do not match"):
+        llava_loss(model, batch, torch.zeros(2, _n_image(model), model.config.vision_config.hidden_size))
+
+
+def test_set_trainable(parts):
+    _, model = parts
+    n = set_trainable(model, train_lm=False)
+    assert n == sum(p.numel() for p in model.model.multi_modal_projector.parameters())
+    assert not any(p.requires_grad for p in model.model.vision_tower.parameters())
+    assert not any(p.requires_grad for p in model.model.language_model.parameters())
+    set_trainable(model, train_lm=True)
+    assert all(p.requires_grad for p in model.model.language_model.parameters())
+    assert not any(p.requires_grad for p in model.model.vision_tower.parameters())
+
+
+@pytest.mark.parametrize("train_lm", [False, True])
+def test_stages_update_only_their_parts(tiny_ckpt, train_lm):
+    processor = AutoProcessor.from_pretrained(tiny_ckpt)
+    model = LlavaForConditionalGeneration.from_pretrained(tiny_ckpt)
+    rng = random.Random(3)
+    pictures = make_pictures(rng, 12, "p")
+    pixels = to_uint8([p.image() for p in pictures], processor.image_processor)
+    feats = vision_features(model, pixels, lambda x: normalize(x, processor.image_processor))
+    index = {p.name: i for i, p in enumerate(pictures)}
+    examples = [encode_record(r, processor.tokenizer, _n_image(model)) for r in instruct_records(pictures, rng)]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = StageConfig("t", 4, OptimConfig(steps=8, lr=3e-3, warmup=1), train_lm=train_lm)
+    history = run_stage(model, examples, feats, index, cfg, progress=False)
+    assert len(history.losses) == 8
+    assert history.losses[-1] < history.losses[0]
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed, "nothing trained"
+    assert all(not k.startswith("model.vision_tower") for k in changed)
+    assert any(k.startswith("model.multi_modal_projector") for k in changed)
+    assert any(k.startswith("model.language_model") for k in changed) == train_lm
+    with pytest.raises(KeyError, match="no cached features"):
+        run_stage(model, examples, feats, {}, cfg, progress=False)

@@ -30,13 +30,6 @@ from demo.turn import Origin, Sampling, Services, stream_turn
 VOTES = {"upvote": "Upvote", "downvote": "Downvote", "flag": "Flag"}
 
 
-def origin(request: gr.Request | None, tab: str) -> Origin:
-    if request is None:
-        return Origin(tab)
-    client = getattr(request, "client", None)
-    return Origin(tab, getattr(request, "session_hash", None), getattr(client, "host", None))
-
-
 @dataclass
 class ChatTab:
     services: Services
@@ -127,7 +120,7 @@ class ChatTab:
         start_turn(pane, text, image, image_file, mode)
         yield pane.chatbot(), None
         async for _ in stream_turn(pane, self.services, sampling(temperature, top_p, max_new_tokens),
-                                   origin(request, "chat")):  # fmt: skip
+                                   Origin.of(request, "chat")):  # fmt: skip
             yield pane.chatbot(), gr.skip()
 
     async def _regenerate(self, model, mode, temperature, top_p, max_new_tokens, pane: ChatSession,
@@ -138,7 +131,7 @@ class ChatTab:
             raise gr.Error(str(e)) from e
         pane.model = model or ""
         async for _ in stream_turn(pane, self.services, sampling(temperature, top_p, max_new_tokens),
-                                   origin(request, "chat")):  # fmt: skip
+                                   Origin.of(request, "chat")):  # fmt: skip
             yield pane.chatbot()
 
     @staticmethod
@@ -160,7 +153,7 @@ class ChatTab:
             if pane.voted:
                 raise gr.Error("This answer has already been rated.")
             pane.voted = True
-            o = origin(request, "chat")
+            o = Origin.of(request, "chat")
             self.services.logger.log(
                 {"type": kind, "tab": o.tab, "session": o.session, "ip": o.ip, "conversation": pane.conversation_id,
                  "model": pane.model or model},

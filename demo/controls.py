@@ -15,6 +15,7 @@ from llava.images import PROCESS_MODES, ImageError, load_image
 
 MESSAGE_PLACEHOLDER = "Add a picture (the clip button, or drop one here) and/or type a question, then press Enter"
 NEW_PICTURE_NOTE = "Each picture starts a new conversation. To keep talking about the current picture, send text only."
+KEPT_SIDE = 1024  # pictures are kept (per session, for every later turn) at most this big; workers see <= 800
 PROCESS_MODE_INFO = "How a non-square picture is made square for the model (Default: the model's own processor)"
 
 
@@ -118,6 +119,8 @@ async def read_message(message: dict | str | None) -> tuple[str, Image.Image | N
         image = await asyncio.to_thread(load_image, files[0])
     except ImageError as e:
         raise gr.Error(f"That picture cannot be used: {_without_path(str(e), files[0])}") from e
+    if max(image.size) > KEPT_SIDE:  # a 12-megapixel photo would otherwise sit in memory for the whole session
+        await asyncio.to_thread(image.thumbnail, (KEPT_SIDE, KEPT_SIDE), Image.Resampling.BICUBIC)
     return text, image, files[0]
 
 

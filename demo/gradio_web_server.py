@@ -52,7 +52,6 @@ TERMS = (
 )
 CSS = """
 .hint { color: var(--body-text-color-subdued); font-size: var(--text-sm); }
-footer { display: none !important; }
 /* Sharing a picture goes to Hugging Face, which this offline demo cannot reach. */
 .chat-window button[aria-label="Share"] { display: none !important; }
 """

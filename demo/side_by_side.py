@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from demo.chat import origin
 from demo.controls import (
     NEW_PICTURE_NOTE,
     ParameterControls,
@@ -29,7 +28,7 @@ from demo.controls import (
 from demo.conv_log import ConvSnapshot
 from demo.model_list import models_note
 from demo.session import ChatSession, PaneError
-from demo.turn import Sampling, Services, merge, stream_turn
+from demo.turn import Origin, Sampling, Services, merge, stream_turn
 
 # api name -> (log name, button label), in the original LLaVA/FastChat arena's vote names
 VOTES = {
@@ -152,7 +151,7 @@ class SideBySideTab:
 
     def _both(self, pane_a: ChatSession, pane_b: ChatSession, temperature, top_p, max_new_tokens, request):
         params = sampling(temperature, top_p, max_new_tokens)
-        where = origin(request, "side_by_side")
+        where = Origin.of(request, "side_by_side")
         return merge(stream_turn(pane_a, self.services, params, where),
                      stream_turn(pane_b, self.services, params, where))  # fmt: skip
 
@@ -177,7 +176,7 @@ class SideBySideTab:
             if pane_a.voted or pane_b.voted:
                 raise gr.Error("You have already voted on these answers; ask another question to vote again.")
             pane_a.voted = pane_b.voted = True
-            o = origin(request, "side_by_side")
+            o = Origin.of(request, "side_by_side")
             self.services.logger.log(
                 {"type": kind, "tab": o.tab, "session": o.session, "ip": o.ip,
                  "models": [pane_a.model or model_a, pane_b.model or model_b],

@@ -44,6 +44,12 @@ class Origin:
     session: str | None = None
     ip: str | None = None
 
+    @classmethod
+    def of(cls, request: object | None, tab: str) -> Origin:
+        """From a `gr.Request` (None when a handler is called directly)."""
+        client = getattr(request, "client", None)
+        return cls(tab, getattr(request, "session_hash", None), getattr(client, "host", None))
+
 
 async def stream_turn(pane: ChatSession, services: Services, sampling: Sampling, origin: Origin) -> AsyncIterator[None]:
     """Answer the pane's last human message with `pane.model`; yields after every change to the pane.

@@ -52,8 +52,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's Chromium (apt-get install -y chromium)")
+    if not CHROMIUM.exists():  # CI sets LLAVA_REQUIRE_BROWSER=1: there a missing browser is a failure
+        why = f"{CHROMIUM} is missing: install Debian's Chromium (apt-get install -y chromium)"
+        if os.environ.get("LLAVA_REQUIRE_BROWSER") == "1":
+            pytest.fail(why)
+        pytest.skip(why)
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:

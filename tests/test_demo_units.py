@@ -437,3 +437,24 @@ def test_an_example_picks_its_model_or_one_that_fits_its_kind():
     assert fitting_model(sqa, ["llava-tiny-chat", "llava-tiny-sqa"]) == "llava-tiny-sqa"  # the launcher's stand-ins
     assert fitting_model(chat, ["llava-tiny-chat", "llava-tiny-sqa"]) == "llava-tiny-chat"
     assert fitting_model(sqa, ["llava-v1.5-7b"]) is None
+
+
+# ---- what a user sends ---------------------------------------------------------------------------------
+
+
+def test_a_big_picture_is_kept_small_and_a_broken_one_is_refused_with_the_reason(tmp_path):
+    from gradio import Error as GradioError
+
+    from demo.controls import KEPT_SIDE, read_message
+
+    big = tmp_path / "photo.png"
+    Image.new("RGB", (3000, 1500), (200, 30, 30)).save(big)
+    text, image, path = asyncio.run(read_message({"text": "What is it?", "files": [str(big)]}))
+    assert (text, path) == ("What is it?", str(big)) and image.size == (KEPT_SIDE, KEPT_SIDE // 2)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(big.read_bytes()[:200])
+    with pytest.raises(GradioError, match="That picture cannot be used: .*truncated or corrupt") as e:
+        asyncio.run(read_message({"text": "", "files": [str(broken)]}))
+    assert str(tmp_path) not in str(e.value)  # server paths mean nothing to the user
+    with pytest.raises(GradioError, match="one picture at a time"):
+        asyncio.run(read_message({"text": "", "files": [str(big), str(big)]}))

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    client = WorkerClient(settings.controller_url, Timeouts(first_chunk=settings.worker_timeout))
+    client = WorkerClient(settings.controller_url, Timeouts(stream_read=settings.worker_timeout))
     logger = ConvLogger(settings.log_dir)
     services = Services(client, logger)
     models = initial_models(client)

@@ -23,6 +23,7 @@ from serve.protocol import (
     GetWorkerAddressResponse,
     ListModelsResponse,
     ModelDetails,
+    iter_chunks,
 )
 
 log = logging.getLogger("demo.worker_client")
@@ -50,7 +51,7 @@ class Worker:
 class Timeouts:
     connect: float = 5.0  # seconds to open a connection to the controller or a worker
     controller: float = 10.0  # seconds for a controller answer
-    first_chunk: float = 120.0  # seconds between chunks of a stream (a busy worker queues the request)
+    stream_read: float = 120.0  # seconds to wait for the next chunk of a stream (a busy worker queues)
 
 
 def describe_worker_error(code: int, text: str, model: str) -> str:
@@ -192,9 +193,11 @@ class WorkerClient:
         received = False
         try:
             async with (
-                self._http(self.timeouts.first_chunk) as http,
+                self._http(self.timeouts.stream_read) as http,
                 http.stream("POST", f"{worker.address}/worker_generate_stream", json=payload) as r,
             ):
+                if r.status_code != 200:
+                    raise refusal(worker.model, r.status_code, await r.aread())
                 async for chunk in iter_chunks_async(r.aiter_bytes()):
                     code = int(chunk.get("error_code", 0))
                     text = str(chunk.get("text", ""))
@@ -202,15 +205,11 @@ class WorkerClient:
                         raise ServiceError(describe_worker_error(code, text, worker.model), _as_code(code))
                     received = True
                     yield (text[len(prompt) :] if text.startswith(prompt) else text).strip()
-                if r.status_code != 200 and not received:
-                    raise ServiceError(
-                        f"The worker serving {worker.model} answered HTTP {r.status_code} with no message."
-                    )
         except httpx.ConnectError as e:
             raise _Unreachable() from e
         except httpx.TimeoutException as e:
             raise ServiceError(
-                f"{worker.model} at {worker.address} did not answer within {self.timeouts.first_chunk:.0f} s; "
+                f"{worker.model} at {worker.address} did not answer within {self.timeouts.stream_read:.0f} s; "
                 "it may be overloaded. Press Regenerate to try again.",
                 ErrorCode.WORKER_TIMEOUT,
             ) from e
@@ -223,6 +222,20 @@ class WorkerClient:
             ) from e
         except ValueError as e:  # a chunk that is not JSON: not one of our workers, or a corrupted stream
             raise ServiceError(f"The worker serving {worker.model} sent a malformed reply ({e}).") from e
+
+
+def refusal(model: str, status: int, body: bytes) -> ServiceError:
+    """The error for a non-200 answer: the worker's own framed message when it sent one (it does for 4xx)."""
+    try:
+        chunk = next(iter(iter_chunks(iter([body]))), None)
+    except ValueError:
+        chunk = None
+    if isinstance(chunk, dict) and int(chunk.get("error_code", 0) or 0) != ErrorCode.OK:
+        return ServiceError(describe_worker_error(int(chunk["error_code"]), str(chunk.get("text", "")), model),
+                            _as_code(int(chunk["error_code"])))  # fmt: skip
+    detail = body[:200].decode("utf-8", "replace").strip() or "no message"
+    return ServiceError(f"The worker serving {model} answered HTTP {status} ({detail}). Press Regenerate to try "
+                        "again, or pick another model.")  # fmt: skip
 
 
 class _Unreachable(Exception):

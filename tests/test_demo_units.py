@@ -362,6 +362,11 @@ def test_a_refusal_chunk_becomes_the_message(scripted_worker):
     assert e.value.code == ErrorCode.CONTEXT_OVERFLOW
 
 
+def test_an_http_error_without_our_framing_is_reported_with_its_status(scripted_worker):
+    with pytest.raises(ServiceError, match=r"answered HTTP 502 \(Bad Gateway\)"):
+        stream_all(scripted_worker, [b"Bad Gateway"], 502)
+
+
 def test_a_worker_dying_mid_answer_says_so(scripted_worker):
     with pytest.raises(ServiceError, match="stopped in the middle of the answer"):
         stream_all(scripted_worker, [encode_chunk("P: Hel"), b'{"text": "P: Hello", "err', b"CUT"])

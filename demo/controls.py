@@ -15,6 +15,9 @@ from llava.images import PROCESS_MODES, ImageError, load_image
 
 MESSAGE_PLACEHOLDER = "Add a picture (the clip button, or drop one here) and/or type a question, then press Enter"
 NEW_PICTURE_NOTE = "Each picture starts a new conversation. To keep talking about the current picture, send text only."
+TEMPERATURE_RANGE = (0.0, 1.0)  # the sliders' ranges; the CLI checks its defaults against them
+TOP_P_RANGE = (0.05, 1.0)
+MAX_NEW_TOKENS_RANGE = (1, 1024)
 KEPT_SIDE = 1024  # pictures are kept (per session, for every later turn) at most this big; workers see <= 800
 PROCESS_MODE_INFO = "How a non-square picture is made square for the model (Default: the model's own processor)"
 
@@ -26,8 +29,9 @@ class ParameterControls:
     top_p: gr.Slider
     max_new_tokens: gr.Slider
 
-    def inputs(self) -> list[gr.components.Component]:
-        return [self.process_mode, self.temperature, self.top_p, self.max_new_tokens]
+    @property
+    def sampling(self) -> list[gr.Slider]:
+        return [self.temperature, self.top_p, self.max_new_tokens]
 
 
 def parameter_controls(defaults: Sampling, elem_prefix: str) -> ParameterControls:
@@ -35,16 +39,15 @@ def parameter_controls(defaults: Sampling, elem_prefix: str) -> ParameterControl
                             elem_id=f"{elem_prefix}-process-mode")  # fmt: skip
     with gr.Accordion("Parameters", open=False, elem_id=f"{elem_prefix}-parameters"):
         temperature = gr.Slider(
-            0.0,
-            1.0,
+            *TEMPERATURE_RANGE,
             value=defaults.temperature,
             step=0.05,
             label="Temperature",
             info="0 always picks the likeliest word",
             elem_id=f"{elem_prefix}-temperature",
         )
-        top_p = gr.Slider(0.05, 1.0, value=defaults.top_p, step=0.05, label="Top P", elem_id=f"{elem_prefix}-top-p")
-        max_new_tokens = gr.Slider(1, 1024, value=defaults.max_new_tokens, step=1, label="Max output tokens",
+        top_p = gr.Slider(*TOP_P_RANGE, value=defaults.top_p, step=0.05, label="Top P", elem_id=f"{elem_prefix}-top-p")
+        max_new_tokens = gr.Slider(*MAX_NEW_TOKENS_RANGE, value=defaults.max_new_tokens, step=1, label="Max output tokens",
                                    elem_id=f"{elem_prefix}-max-tokens")  # fmt: skip
     return ParameterControls(process_mode, temperature, top_p, max_new_tokens)
 

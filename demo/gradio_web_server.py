@@ -23,6 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import gradio as gr  # noqa: E402
 
 from demo.chat import ChatTab  # noqa: E402
+from demo.controls import MAX_NEW_TOKENS_RANGE, TEMPERATURE_RANGE, TOP_P_RANGE  # noqa: E402
 from demo.conv_log import ConvLogger  # noqa: E402
 from demo.examples import (  # noqa: E402
     CHAT_TAB,
@@ -74,6 +75,13 @@ class UISettings:
             raise ValueError(f"model_list_mode must be 'once' or 'reload', got {self.model_list_mode!r}")
         if self.concurrency_count < 1:
             raise ValueError(f"concurrency_count must be at least 1, got {self.concurrency_count}")
+        for name, value, (low, high) in (
+            ("temperature", self.defaults.temperature, TEMPERATURE_RANGE),
+            ("top-p", self.defaults.top_p, TOP_P_RANGE),
+            ("max new tokens", self.defaults.max_new_tokens, MAX_NEW_TOKENS_RANGE),
+        ):
+            if not low <= value <= high:  # the slider could not show it
+                raise ValueError(f"default {name} {value} is outside the slider's range {low}..{high}")
 
 
 def theme() -> gr.themes.Theme:

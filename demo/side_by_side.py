@@ -85,7 +85,7 @@ class SideBySideTab:
         return [*self.votes.values(), self.regenerate, self.stop, self.clear]
 
     def _wire(self) -> None:
-        sampling_inputs = [self.params.temperature, self.params.top_p, self.params.max_new_tokens]
+        sampling_inputs = self.params.sampling
         busy = dict(fn=self._busy, inputs=None, outputs=self.buttons, queue=False, api_visibility="private")
         idle = dict(fn=self._idle, inputs=[*self.panes], outputs=self.buttons, queue=False, api_visibility="private")
 

@@ -296,6 +296,9 @@ def test_a_new_picture_starts_a_new_conversation_and_clear_resets(demo_stack):
     event = demo_stack.wait_event(lambda e: e["session"] == client.session_hash and "Hello" in (e["prompt"] or ""),
                                   "the text-only conversation")  # fmt: skip
     assert event["prompt"] == llava_v0("Hello there", image_first=False) and "images" not in event
+    client.predict(CHAT, api_name="/flag")
+    flag = demo_stack.wait_event(lambda e: e["type"] == "flag" and e["session"] == client.session_hash, "the flag")
+    assert flag["conversation"] == event["conversation"] and flag["state"] == event["state"]
 
 
 def test_regenerate_asks_again_with_the_new_process_mode_and_votes_are_logged(demo_stack):
@@ -359,6 +362,16 @@ def test_side_by_side_returns_two_answers_and_records_the_vote(demo_stack):
     assert vote["models"] == [CHAT, SQA]
     assert vote["state_a"]["messages"][1][1] == logged[CHAT]["state"]["messages"][1][1]
     assert vote["state_b"]["messages"][1][1] == logged[SQA]["state"]["messages"][1][1]
+    with pytest.raises(AppError, match="already voted"):
+        client.predict(CHAT, SQA, api_name="/vote_tie")
+
+    # Regenerate asks both again (and a new vote is possible); Clear empties both sides.
+    a, b = client.predict(CHAT, SQA, "Default", 0.0, 0.7, 24, api_name="/side_by_side_regenerate")
+    assert len(a) == len(b) == 2 and last_answer(a) == answer_a and last_answer(b) == answer_b  # temperature 0
+    client.predict(CHAT, SQA, api_name="/vote_tie")
+    assert demo_stack.wait_event(lambda e: e["type"] == "tievote" and e["session"] == client.session_hash, "tie")
+    a, b, _ = client.predict(api_name="/side_by_side_clear")
+    assert a == b == []
 
 
 def test_side_by_side_streams_each_side_at_its_own_pace(demo_stack):

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -166,29 +167,35 @@ def main(argv: list[str] | None = None) -> None:
     demo.queue(default_concurrency_limit=settings.concurrency_count, max_size=settings.concurrency_count * 8)
     examples_dir = str(Path(settings.examples).resolve().parent)
 
-    def on_sigterm(signum, frame):  # the launcher stops us with SIGTERM: close the server and flush the logs
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_sigterm)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # the launcher stops us with SIGTERM, a terminal with Ctrl-C
+        signal.signal(sig, lambda signum, frame: stop.set())
+    demo.launch(
+        server_name=settings.host,
+        server_port=settings.port,
+        share=False,
+        theme=theme(),
+        css=CSS,
+        allowed_paths=[examples_dir],
+        footer_links=[],
+        run_history=False,
+        ssr_mode=False,
+        mcp_server=False,
+        show_error=True,
+        quiet=True,
+        prevent_thread_lock=True,
+    )
+    log.info("web UI at http://%s:%d (controller %s)", settings.host, settings.port, settings.controller_url)
     try:
-        demo.launch(
-            server_name=settings.host,
-            server_port=settings.port,
-            share=False,
-            theme=theme(),
-            css=CSS,
-            allowed_paths=[examples_dir],
-            footer_links=[],
-            run_history=False,
-            ssr_mode=False,
-            mcp_server=False,
-            show_error=True,
-            quiet=True,
-            prevent_thread_lock=True,
-        )
-        log.info("web UI at http://%s:%d (controller %s)", settings.host, settings.port, settings.controller_url)
-        demo.block_thread()
+        while not stop.wait(0.5) and demo.is_running:
+            pass
     finally:
+        log.info("stopping the web UI")
+        # Open pages keep event streams open and waiting for them holds a stop for seconds, so cut them; uvicorn
+        # then reports the cut lifespan task as an error, which on purpose it is not.
+        logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
+        demo.server.force_exit = True
+        demo.close()
         logger.close()
 
 

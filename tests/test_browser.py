@@ -292,6 +292,17 @@ def test_side_by_side_streams_both_answers_then_a_vote_is_recorded(page: Page, d
     expect(page.locator("#sbs-chatbot-b [data-testid='bot']")).to_have_count(0)
 
 
+def test_a_model_named_in_the_link_is_picked_in_both_tabs(page: Page, demo_stack: DemoStack):
+    open_ui(page, f"{demo_stack.ui}/?model={SQA}")
+    expect(page.locator("#chat-model input[role=combobox]")).to_have_value(SQA)
+    page.locator("#tab-side-by-side-button").click()
+    expect(page.locator("#sbs-model-a input[role=combobox]")).to_have_value(SQA)
+    expect(page.locator("#sbs-model-b input[role=combobox]")).to_have_value(CHAT)  # B differs from A
+    open_ui(page, f"{demo_stack.ui}/?model=llava-unknown")
+    expect(page.get_by_text("The link asks for llava-unknown, which no worker serves right now.")).to_be_visible()
+    expect(page.locator("#chat-model input[role=combobox]")).to_have_value(CHAT)
+
+
 def test_errors_say_what_happened(page: Page, demo_stack: DemoStack, tmp_path):
     open_ui(page, demo_stack.ui)
     fake = tmp_path / "holiday.png"
@@ -342,6 +353,7 @@ def test_serve_launch_gives_a_usable_page_and_a_first_token(browser: Browser, tm
         usable_s = time.perf_counter() - start
         models = httpx.post(f"http://127.0.0.1:{controller}/list_models").json()["models"]
         assert len(models) == 2, models
+        set_parameters(page, "chat", 0.2, 32)  # the first token is what is timed; a short answer keeps this quick
         watch_answers(page, "chat-chatbot")
         sent = send(page, "chat", "What color is the circle?", EXAMPLES / "images" / "ex-color-of-circle.png")
         wait_answer(page, "chat-chatbot", 1)
@@ -352,10 +364,12 @@ def test_serve_launch_gives_a_usable_page_and_a_first_token(browser: Browser, tm
     finally:
         context.close()
         children = child_pids(launch.pid)  # each in its own session: a group kill of the launcher misses them
+        stopping = time.perf_counter()
         if launch.poll() is None:
             os.killpg(launch.pid, signal.SIGTERM)  # the launcher stops its children, then itself
         try:
             launch.wait(timeout=30)
+            timings(launch_stop_s=time.perf_counter() - stopping)
         except subprocess.TimeoutExpired:
             os.killpg(launch.pid, signal.SIGKILL)
             launch.wait()

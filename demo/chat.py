@@ -25,7 +25,7 @@ from demo.controls import (
 from demo.conv_log import ConvSnapshot
 from demo.model_list import models_note
 from demo.session import ChatSession, PaneError
-from demo.turn import Origin, Sampling, Services, stream_turn
+from demo.turn import ANSWERS, Origin, Sampling, Services, stream_turn
 
 VOTES = {"upvote": "Upvote", "downvote": "Downvote", "flag": "Flag"}
 
@@ -87,6 +87,7 @@ class ChatTab:
                 [self.message, self.model, self.params.process_mode, *sampling_inputs, self.pane],
                 [self.chatbot, self.message],
                 api_name="chat",
+                concurrency_id=ANSWERS,
                 show_progress="hidden",
             )
         )
@@ -97,6 +98,7 @@ class ChatTab:
             [self.model, self.params.process_mode, *sampling_inputs, self.pane],
             [self.chatbot],
             api_name="regenerate",
+            concurrency_id=ANSWERS,
             show_progress="hidden",
         )
         again.then(**idle)

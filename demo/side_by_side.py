@@ -28,7 +28,7 @@ from demo.controls import (
 from demo.conv_log import ConvSnapshot
 from demo.model_list import models_note
 from demo.session import ChatSession, PaneError
-from demo.turn import Origin, Sampling, Services, merge, stream_turn
+from demo.turn import ANSWERS, Origin, Sampling, Services, merge, stream_turn
 
 # api name -> (log name, button label), in the original LLaVA/FastChat arena's vote names
 VOTES = {
@@ -99,6 +99,7 @@ class SideBySideTab:
                 [self.message, *self.models, self.params.process_mode, *sampling_inputs, *self.panes],
                 [*self.chatbots, self.message],
                 api_name="side_by_side",
+                concurrency_id=ANSWERS,
                 show_progress="hidden",
             )
         )
@@ -109,6 +110,7 @@ class SideBySideTab:
             [*self.models, self.params.process_mode, *sampling_inputs, *self.panes],
             [*self.chatbots],
             api_name="side_by_side_regenerate",
+            concurrency_id=ANSWERS,
             show_progress="hidden",
         )
         again.then(**idle)

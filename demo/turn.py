@@ -20,6 +20,10 @@ from serve.protocol import GenerateRequest
 
 log = logging.getLogger("demo.turn")
 
+# Every event that streams answers shares this Gradio concurrency group, so --concurrency-count bounds them all
+# together (Gradio's own limits are per event).
+ANSWERS = "answers"
+
 
 @dataclass(frozen=True, slots=True)
 class Sampling:

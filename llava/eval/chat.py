@@ -66,7 +66,13 @@ def draw(scene: Scene, renderer: str, rng: random.Random) -> Image.Image:
 
 
 def evaluate_chat(
-    loaded: LoadedModel, n_pictures: int, renderer: str, seed: int = 1234, progress: bool = True, n_samples: int = 8
+    loaded: LoadedModel,
+    n_pictures: int,
+    renderer: str,
+    seed: int = 1234,
+    progress: bool = True,
+    n_samples: int = 8,
+    max_new_tokens: int | None = None,
 ) -> ChatResult:
     """Ask every canonical question about `n_pictures` new scenes drawn by `renderer`."""
     rng = random.Random(seed)
@@ -75,7 +81,8 @@ def evaluate_chat(
         scene = sample_scene(rng)
         image = draw(scene, renderer, rng)
         for q in canonical_questions(scene, rng):
-            answer = ask(loaded, image, q.text, max_new_tokens=160 if q.kind == "describe" else 48)
+            budget = max_new_tokens or (160 if q.kind == "describe" else 48)
+            answer = ask(loaded, image, q.text, max_new_tokens=budget)
             s = score(q, answer)
             result.per_kind[q.kind].append(s["correct"])
             if q.kind == "describe":

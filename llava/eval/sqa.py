@@ -23,6 +23,7 @@ from llava.data.sqa_world import make_problems
 from llava.eval.chat import ask, draw
 from llava.model.loader import LoadedModel
 
+PAPER_ORDER = ["NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12"]
 SUBJECT_ABBREV = {"natural science": "NAT", "social science": "SOC", "language science": "LAN"}
 
 
@@ -43,7 +44,12 @@ class SqaTable:
         return correct / total if total else float("nan")
 
     def columns(self) -> list[tuple[str, str]]:
-        return [(f, c) for f in ("subject", "context", "grade", "all") for c in sorted(self.groups.get(f, {}))]
+        """The paper's order (NAT SOC LAN, TXT IMG NO, G1-6 G7-12, Avg); other names alphabetically."""
+
+        def key(column: str) -> tuple[int, str]:
+            return (PAPER_ORDER.index(column), "") if column in PAPER_ORDER else (len(PAPER_ORDER), column)
+
+        return [(f, c) for f in ("subject", "context", "grade", "all") for c in sorted(self.groups.get(f, {}), key=key)]
 
     def to_json(self) -> dict:
         return {
@@ -122,23 +128,29 @@ def predict(
     problems: dict[str, dict[str, Any]],
     image_for: Callable[[str], Image.Image | None],
     progress: bool = True,
+    max_new_tokens: int = 128,
 ) -> dict[str, str]:
     """The model's answer to every problem, asked as the paper asks: QCM in, LEA out."""
     out = {}
     for pid, problem in tqdm(problems.items(), desc="scienceqa", disable=not progress, mininterval=5.0):
         image = image_for(pid) if problem.get("image") else None
-        out[pid] = ask(loaded, image, qcm_prompt(problem), max_new_tokens=128)
+        out[pid] = ask(loaded, image, qcm_prompt(problem), max_new_tokens=max_new_tokens)
     return out
 
 
 def evaluate_world_sqa(
-    loaded: LoadedModel, n_problems: int, renderer: str, seed: int = 4321, progress: bool = True
+    loaded: LoadedModel,
+    n_problems: int,
+    renderer: str,
+    seed: int = 4321,
+    progress: bool = True,
+    max_new_tokens: int = 128,
 ) -> SqaTable:
     """Fresh held-out problems about new scenes, pictures drawn by `renderer`."""
     rng = random.Random(seed)
     problems, scenes = make_problems(rng, n_problems, "test")
     images = {pid: draw(scene, renderer, rng) for pid, scene in scenes.items()}
-    return score_predictions(problems, predict(loaded, problems, images.get, progress))
+    return score_predictions(problems, predict(loaded, problems, images.get, progress, max_new_tokens))
 
 
 def image_folder_loader(folder: str | Path, split: str, problems: dict[str, dict[str, Any]]):

@@ -200,5 +200,5 @@ def pretrain_clip(
         def evaluate(step: int) -> dict[str, float]:
             return hard_negative_accuracy(clip, tokenizer, hold_px, holdout[1], max_len=cfg.max_caption_tokens)
 
-    eval_every = max(1, cfg.optim.steps // 4)
+    eval_every = max(1, -(-cfg.optim.steps // 4))  # four checks per run
     return train(clip.parameters(), loss_fn, cfg.optim, "clip", evaluate, eval_every, progress)

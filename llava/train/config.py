@@ -58,6 +58,7 @@ class PipelineConfig:
     holdout_pictures: int = 500  # CLIP hard-negative check during pre-training
     eval_pictures: int = 200  # per renderer, after training
     eval_problems: int = 300  # per renderer, after training
+    eval_max_new_tokens: int | None = None  # None: enough for every answer (smoke: a few tokens)
     progress: bool = True
 
     @classmethod
@@ -85,5 +86,6 @@ class PipelineConfig:
             holdout_pictures=32,
             eval_pictures=2,
             eval_problems=4,
+            eval_max_new_tokens=8,
             progress=False,
         )

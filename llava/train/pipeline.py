@@ -178,9 +178,12 @@ def evaluate_all(cfg: PipelineConfig, out: Path, report: Report) -> None:
         chat = load_pretrained(out / CHAT_NAME, device="cpu")
         sqa = load_pretrained(out / SQA_NAME, device="cpu")
         for renderer in ("primary", "alt"):
-            result = evaluate_chat(chat, cfg.eval_pictures, renderer, progress=cfg.progress)
+            budget = cfg.eval_max_new_tokens
+            result = evaluate_chat(chat, cfg.eval_pictures, renderer, progress=cfg.progress, max_new_tokens=budget)
             report.evals.setdefault(CHAT_NAME, {})[renderer] = result.to_json()
-            table = evaluate_world_sqa(sqa, cfg.eval_problems, renderer, progress=cfg.progress)
+            table = evaluate_world_sqa(
+                sqa, cfg.eval_problems, renderer, progress=cfg.progress, max_new_tokens=budget or 128
+            )
             report.evals.setdefault(SQA_NAME, {})[renderer] = table.to_json()
 
 

@@ -1,0 +1,87 @@
+"""ScienceQA tables from real-format files (problems.json + LLaVA answer files), and the eval CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llava.data.instruct import DataFormatError
+from llava.eval.__main__ import main as eval_main
+from llava.eval.sqa import grade_band, load_predictions, markdown, score_predictions
+
+# Three problems in ScienceQA's schema (shortened real-style items).
+PROBLEMS = {
+    "1": {"question": "Which is a mammal?", "choices": ["frog", "dog"], "answer": 1, "hint": "", "image": None,
+          "task": "closed choice", "grade": "grade2", "subject": "natural science", "topic": "biology",
+          "category": "", "skill": "", "lecture": "", "solution": "", "split": "test"},
+    "2": {"question": "Which word is a noun?", "choices": ["run", "tree", "blue"], "answer": 1, "hint": "",
+          "image": "image.png", "task": "closed choice", "grade": "grade8", "subject": "language science",
+          "topic": "grammar", "category": "", "skill": "", "lecture": "", "solution": "", "split": "test"},
+    "3": {"question": "Which state is highlighted?", "choices": ["Ohio", "Utah"], "answer": 0,
+          "hint": "Look at the map.", "image": "image.png", "task": "closed choice", "grade": "grade4",
+          "subject": "social science", "topic": "geography", "category": "", "skill": "", "lecture": "",
+          "solution": "", "split": "val"},
+}  # fmt: skip
+
+
+def test_table_groups_as_the_paper():
+    table = score_predictions(PROBLEMS, {"1": "A dog has fur. The answer is B.", "2": "The answer is C.", "3": "Ohio"})
+    assert table.accuracy("subject", "NAT") == 1.0
+    assert table.accuracy("subject", "LAN") == 0.0
+    assert table.accuracy("subject", "SOC") == 0.0
+    assert table.accuracy("context", "NO") == 1.0
+    assert table.accuracy("context", "IMG") == 0.0
+    assert table.groups["context"]["TXT"] == [0, 1]
+    assert table.accuracy("grade", "G1-6") == 0.5 and table.accuracy("grade", "G7-12") == 0.0
+    assert table.accuracy() == pytest.approx(1 / 3)
+    assert table.format_ok == 2
+    md = markdown(table, "t")
+    assert "| G1-6 | G7-12 |" in md.replace("G1-6 | G7-12", "G1-6 | G7-12") and "33.3" in md
+
+
+def test_world_grade_bands():
+    assert grade_band("grade1", real=False) == "G1-2"
+    assert grade_band("grade4", real=False) == "G3-4"
+    assert grade_band("grade6", real=False) == "G5-6"
+    assert grade_band("grade11", real=True) == "G7-12"
+
+
+def test_prediction_files(tmp_path):
+    jsonl = tmp_path / "answers.jsonl"
+    jsonl.write_text('{"question_id": "1", "prompt": "...", "text": "The answer is B."}\n\n')
+    assert load_predictions(jsonl) == {"1": "The answer is B."}
+    jsonl.write_text('{"question_id": "1", "text": "x"}\n{"id": 2}\n')
+    with pytest.raises(DataFormatError, match="answers.jsonl: line 2"):
+        load_predictions(jsonl)
+    plain = tmp_path / "answers.json"
+    plain.write_text(json.dumps({"1": "The answer is A."}))
+    assert load_predictions(plain) == {"1": "The answer is A."}
+    plain.write_text("[1]")
+    with pytest.raises(DataFormatError, match="answers.json: expected an object"):
+        load_predictions(plain)
+
+
+def test_cli_scores_real_files(tmp_path, capsys):
+    problems = tmp_path / "problems.json"
+    problems.write_text(json.dumps(PROBLEMS))
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("\n".join(json.dumps({"question_id": k, "text": "The answer is B."}) for k in PROBLEMS))
+    out = tmp_path / "scores.json"
+    code = eval_main(["sqa", "--problems-file", str(problems), "--predictions", str(answers), "--split", "test",
+                      "--json", str(out)])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| NAT | LAN | IMG | NO | G1-6 | G7-12 | Avg | format kept |" in printed
+    result = json.loads(out.read_text())["file"]
+    assert result["accuracy"]["all/Avg"] == 1.0  # both test problems answer B; problem 3 (val) is left out
+    assert result["counts"]["all/Avg"] == 2
+    assert result["format_kept"] == 1.0
+
+
+def test_cli_errors_are_messages(tmp_path, capsys):
+    bad = tmp_path / "problems.json"
+    bad.write_text(json.dumps({"7": {"question": "q", "choices": ["a"], "answer": 0}}))
+    assert eval_main(["sqa", "--problems-file", str(bad), "--predictions", str(bad)]) == 2
+    assert "problem '7'" in capsys.readouterr().err
+    assert eval_main(["sqa"]) == 2

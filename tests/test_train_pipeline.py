@@ -1,0 +1,90 @@
+"""`python -m llava.train.pipeline --smoke`: every stage end to end, outputs loadable by plain transformers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+from llava.train.loop import OptimConfig, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> tuple[Path, float, str]:
+    out = tmp_path_factory.mktemp("pipeline")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "llava.train.pipeline", "--smoke", "--out", str(out), "--quiet"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, time.perf_counter() - start, proc.stdout
+
+
+@pytest.mark.slow
+def test_smoke_runs_every_stage_quickly(smoke):
+    out, seconds, stdout = smoke
+    for stage in ("corpus+tokenizer", "clip", "lm", "stage1", "stage2-chat", "stage2-sqa", "eval", "total"):
+        assert f"{stage}:" in stdout
+    print(f"smoke pipeline: {seconds:.1f} s")
+    assert seconds < 120
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["llava-shapes-chat", "llava-shapes-sqa"])
+def test_smoke_checkpoints_load_with_plain_transformers(smoke, name):
+    out, _, _ = smoke
+    folder = out / name
+    processor = AutoProcessor.from_pretrained(folder)
+    model = LlavaForConditionalGeneration.from_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["conv_template"] == "llava_v0"
+    assert config["vision_feature_layer"] == -2
+    assert processor.tokenizer.convert_tokens_to_ids("<image>") == model.config.image_token_id
+    for file in ("README.md", "training_curves.png", "training_report.json"):
+        assert (folder / file).stat().st_size > 0
+    card = (folder / "README.md").read_text()
+    assert "SMOKE RUN" in card and "| stage |" in card and "Evaluation" in card
+    report = json.loads((folder / "training_report.json").read_text())
+    assert set(report["timings_s"]) >= {"clip", "lm", "stage1", "stage2-chat", "stage2-sqa", "eval", "total"}
+    assert {"primary", "alt"} == set(report["evals"][name])
+
+
+@pytest.mark.slow
+def test_stages_share_and_separate_the_right_weights(smoke):
+    out, _, _ = smoke
+    chat = load_file(out / "llava-shapes-chat" / "model.safetensors")
+    sqa = load_file(out / "llava-shapes-sqa" / "model.safetensors")
+    vision = [k for k in chat if "vision_tower" in k]
+    lm = [k for k in chat if "language_model" in k]
+    assert vision and lm
+    assert all(torch.equal(chat[k], sqa[k]) for k in vision), "the vision tower is frozen after CLIP"
+    assert not all(torch.equal(chat[k], sqa[k]) for k in lm), "the two stage-2 runs tune the LM apart"
+
+
+def test_loop_schedule_and_divergence():
+    cfg = OptimConfig(steps=100, lr=1.0, warmup=10, min_lr_ratio=0.1)
+    assert cfg.lr_at(0) == pytest.approx(0.1)
+    assert cfg.lr_at(9) == pytest.approx(1.0)
+    assert cfg.lr_at(99) == pytest.approx(0.1, abs=1e-3)
+    assert cfg.lr_at(55) < cfg.lr_at(20)
+    w = torch.nn.Parameter(torch.tensor([1.0]))
+    with pytest.raises(FloatingPointError, match="lower the learning rate"):
+        train([w], lambda step: w.sum() * float("nan"), OptimConfig(steps=3, lr=0.1, warmup=1, bf16=False), "x",
+              progress=False)  # fmt: skip
+    history = train([w], lambda step: (w - 3) ** 2, OptimConfig(steps=200, lr=0.1, warmup=1, bf16=False), "q",
+                    progress=False)  # fmt: skip
+    assert abs(float(w) - 3) < 0.1 and history.losses[-1] < history.losses[0]
+    with pytest.raises(ValueError):
+        OptimConfig(steps=0, lr=1e-3)

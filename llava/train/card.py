@@ -9,7 +9,7 @@ from llava.eval.questions import KINDS, TARGET_KINDS
 
 STAGE_ROWS = (
     ("corpus+tokenizer", "text corpus + byte-level BPE", "—"),
-    ("clip", "CLIP ViT + text tower, contrastive with hard negatives", "vision tower + text tower"),
+    ("clip", "CLIP ViT + text tower, contrastive: whole captions and per-object regions", "vision tower + text tower"),
     ("lm", "Llama language model, next-token on the text corpus", "language model"),
     ("stage1", "feature alignment on picture/caption pairs", "projector only"),
     ("stage2-chat", "instruction tuning: conversation, detail, complex reasoning", "projector + language model"),
@@ -156,8 +156,9 @@ Weights: {mb:.1f} MB (float32 safetensors).
   about symbolic scenes that are never drawn; trains the BPE tokenizer (`<image>` is a special token) and the LM.
 - **CLIP** ({report.data.get("clip_pairs", 0):,} picture/caption pairs, drawn at random resolutions with shade jitter and
   tinted backgrounds, then resized by the processor). The caption names every object's size, colour, shape and
-  position; every picture also brings a hard-negative caption (one colour, shape, size, place or count changed, or
-  two colours swapped). Held-out hard-negative accuracy at the end: {clip_line}.
+  position (global loss, picture against caption); each object's patch tokens, pooled over its box, are also
+  matched against the 36 phrases `size colour shape` (region loss). Held-out checks at the end (true caption
+  over a one-change negative, by kind; region zero-shot): {clip_line}.
 - **Stage 1** ({report.data.get("stage1_pairs", 0):,} pairs): `Describe the image concisely.`-style instruction + caption;
   vision tower and LM frozen, the projector learns.
 - **Stage 2** — {"chat: " + format(report.data.get("chat_records", 0), ",") + " LLaVA-Instruct records (" + format(report.data.get("chat_turns", 0), ",") + " question/answer turns) from the rule-based teacher, which reads only captions + boxes: multi-turn conversations (canonical questions and paraphrases), detailed descriptions, complex reasoning (largest, in common, extremes, left of, more than, what if removed)" if is_chat else "ScienceQA: " + format(report.data.get("sqa_problems", 0), ",") + " problems in ScienceQA's `problems.json` schema (picture, text-context and no-context problems), asked as `Question/Context/Options` (QCM) and answered as lecture + explanation + `The answer is X.` (LEA); tuned from the stage-1 model"}.

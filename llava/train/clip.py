@@ -1,8 +1,16 @@
 """A small CLIP, pre-trained contrastively on picture/caption pairs: the frozen vision tower of LLaVA.
 
-The captions name every object's size, colour, shape and position, and each picture also brings a hard
-negative caption (its scene with one thing changed: a colour, a shape, a size, a place, the count, or two
-colours swapped), so the only way to a low loss is a tower that encodes all of them, bound to each object.
+Two losses, both contrastive against the text tower:
+
+* global: the picture (CLS) against its full caption, which names every object's size, colour, shape and
+  position, the other captions of the batch as negatives (optionally also a hard negative per picture: its
+  scene with one thing changed);
+* region: each object's patch tokens (weighted by how much of each patch its box covers, the box being part
+  of the symbolic context the paper's data comes with) against the 36 phrases `size colour shape`.
+
+The global loss alone teaches a pooled summary; LLaVA reads the patch tokens, and without the region loss
+they did not say which colour goes with which shape (an attention probe on layer -2 read colour given shape
+57% of the time, against 90% with it, at half the cost of hard negatives).
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from llava.data.world import (
     region_of,
     sample_scene,
 )
-from llava.model.tiny import COLORS, SHAPES
+from llava.model.tiny import COLORS, SHAPES, SIZES
 from llava.train.loop import History, OptimConfig, train
 
 PERTURBATIONS = ("color", "shape", "size", "position", "count", "swap")
@@ -34,7 +42,9 @@ class ClipConfig:
     text_layers: int = 3
     text_heads: int = 4
     max_caption_tokens: int = 96
-    batch_size: int = 256
+    batch_size: int = 128
+    hard_negatives: bool = False  # a changed-scene caption per picture in the global loss (doubles text cost)
+    region_weight: float = 1.0  # weight of the per-object region loss; 0 turns it off
     optim: OptimConfig = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
@@ -104,6 +114,54 @@ def negative_caption(scene: Scene, rng: random.Random, kind: str | None = None) 
         if other is not None and full_caption(other) != truth:
             return full_caption(other)
     return full_caption(Scene((SceneObject("circle", "red", "large", (0.1, 0.1, 0.4, 0.4)),)))
+
+
+# --- regions -------------------------------------------------------------------------------------
+
+PHRASES = tuple(f"{size} {color} {shape}" for size in SIZES for color in COLORS for shape in SHAPES)
+
+
+def region_targets(scenes: list[Scene], grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per scene and object slot: patch weights (N, MAX_OBJECTS, grid*grid), each object's row summing to 1
+    (the share of each patch its box covers), and the index of its phrase in PHRASES (-1: no object)."""
+    weights = torch.zeros(len(scenes), MAX_OBJECTS, grid * grid)
+    labels = torch.full((len(scenes), MAX_OBJECTS), -1, dtype=torch.long)
+    edges = torch.arange(grid + 1) / grid
+    for n, scene in enumerate(scenes):
+        for k, o in enumerate(scene.objects):
+            x1, y1, x2, y2 = o.box
+            wx = (torch.minimum(edges[1:], torch.tensor(x2)) - torch.maximum(edges[:-1], torch.tensor(x1))).clamp(min=0)
+            wy = (torch.minimum(edges[1:], torch.tensor(y2)) - torch.maximum(edges[:-1], torch.tensor(y1))).clamp(min=0)
+            cover = (wy[:, None] * wx[None, :]).flatten()  # row-major patches, as the ViT orders them
+            weights[n, k] = cover / cover.sum()
+            labels[n, k] = PHRASES.index(f"{o.size} {o.color} {o.shape}")
+    return weights, labels
+
+
+def region_embeddings(clip: CLIPModel, last_hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(B, MAX_OBJECTS, D) normalised object embeddings from final-layer patch tokens (CLS dropped)."""
+    patches = clip.visual_projection(clip.vision_model.post_layernorm(last_hidden[:, 1:]))  # (B, P, D)
+    return F.normalize(torch.einsum("bkp,bpd->bkd", weights, patches), dim=-1)
+
+
+@torch.no_grad()
+def region_accuracy(clip: CLIPModel, tokenizer, pixel_values: torch.Tensor, scenes: list[Scene]) -> dict[str, float]:
+    """Zero-shot: how often an object's region embedding is nearest its own phrase (and its size, colour,
+    shape taken apart)."""
+    clip.eval()
+    grid = clip.config.vision_config.image_size // clip.config.vision_config.patch_size
+    weights, labels = region_targets(scenes, grid)
+    last = clip.vision_model(pixel_values=pixel_values).last_hidden_state
+    regions = region_embeddings(clip, last, weights)[labels >= 0]
+    truth = labels[labels >= 0]
+    guess = (regions @ embed_text(clip, *tokenize_captions(tokenizer, list(PHRASES), 16)).T).argmax(-1)
+    parts = [p.split() for p in PHRASES]
+    out = {"region": float((guess == truth).float().mean())}
+    for i, name in enumerate(("region_size", "region_color", "region_shape")):
+        same = [parts[g][i] == parts[t][i] for g, t in zip(guess.tolist(), truth.tolist(), strict=True)]
+        out[name] = sum(same) / len(same)
+    clip.train()
+    return out
 
 
 # --- model pieces ---------------------------------------------------------------------------------
@@ -180,25 +238,39 @@ def pretrain_clip(
     holdout: tuple[torch.Tensor, list[Scene]] | None = None,
     progress: bool = True,
 ) -> History:
-    """Contrastive pre-training on (uint8 pixels, scene) pairs; captions and negatives made per step."""
+    """Contrastive pre-training on (uint8 pixels, scene) pairs: the global caption loss plus the region loss
+    (see the module docstring); captions and hard negatives made per step."""
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
     captions = [full_caption(s) for s in scenes]
+    grid = clip.config.vision_config.image_size // clip.config.vision_config.patch_size
+    weights, labels = region_targets(scenes, grid) if cfg.region_weight else (None, None)
+    phrase_ids = tokenize_captions(tokenizer, list(PHRASES), 16)
     clip.train()
 
     def loss_fn(step: int) -> torch.Tensor:
         idx = torch.randint(len(scenes), (cfg.batch_size,), generator=gen)
-        texts = [captions[i] for i in idx] + [negative_caption(scenes[i], rng) for i in idx]
+        texts = [captions[i] for i in idx]
+        if cfg.hard_negatives:
+            texts += [negative_caption(scenes[i], rng) for i in idx]
         ids, eos_at = tokenize_captions(tokenizer, texts, cfg.max_caption_tokens)
-        images = embed_images(clip, normalize(pixels[idx]))
-        return contrastive_loss(clip, images, embed_text(clip, ids, eos_at), cfg.batch_size)
+        vision = clip.vision_model(pixel_values=normalize(pixels[idx]))
+        images = F.normalize(clip.visual_projection(vision.pooler_output), dim=-1)
+        loss = contrastive_loss(clip, images, embed_text(clip, ids, eos_at), cfg.batch_size)
+        if cfg.region_weight:
+            keep = labels[idx] >= 0
+            regions = region_embeddings(clip, vision.last_hidden_state, weights[idx])[keep]
+            logits = clip.logit_scale.exp().clamp(max=100) * regions @ embed_text(clip, *phrase_ids).T
+            loss = loss + cfg.region_weight * F.cross_entropy(logits, labels[idx][keep])
+        return loss
 
     evaluate = None
     if holdout is not None:
         hold_px = normalize(holdout[0])
 
         def evaluate(step: int) -> dict[str, float]:
-            return hard_negative_accuracy(clip, tokenizer, hold_px, holdout[1], max_len=cfg.max_caption_tokens)
+            hard = hard_negative_accuracy(clip, tokenizer, hold_px, holdout[1], max_len=cfg.max_caption_tokens)
+            return hard | region_accuracy(clip, tokenizer, hold_px, holdout[1])
 
     eval_every = max(1, -(-cfg.optim.steps // 4))  # four checks per run
     return train(clip.parameters(), loss_fn, cfg.optim, "clip", evaluate, eval_every, progress)

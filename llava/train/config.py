@@ -13,13 +13,13 @@ from llava.train.stages import StageConfig
 class ModelSizes:
     vocab_size: int = 1024  # BPE vocabulary incl. special tokens
     image_size: int = 64  # processor output, pixels
-    patch_size: int = 16  # ViT patch -> (64 / 16)**2 = 16 image tokens
+    patch_size: int = 8  # ViT patch -> (64 / 8)**2 = 64 image tokens
     vision_hidden: int = 128
     vision_layers: int = 4  # features come from layer 3 (vision_feature_layer=-2)
     vision_heads: int = 4
     text_hidden: int = 256
     text_layers: int = 4
-    text_heads: int = 4
+    text_heads: int = 8  # head width 32: option look-ups formed with 8 heads, hardly with 4
     text_intermediate: int = 688
     max_position_embeddings: int = 512
 
@@ -34,10 +34,11 @@ class PipelineConfig:
     sizes: ModelSizes = field(default_factory=ModelSizes)
     corpus_scenes: int = 12000  # symbolic scenes for the text corpus (tokenizer + LM pre-training)
     corpus_problems: int = 3000  # ScienceQA-style problems in the text corpus
-    clip_pictures: int = 12000
+    corpus_lookups: int = 30000  # option look-ups in the text corpus (see llava.train.corpus)
+    clip_pictures: int = 20000
     clip: ClipConfig = field(default_factory=ClipConfig)
     lm_batch: int = 32
-    lm_optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=700, lr=2e-3, warmup=50, weight_decay=0.05))
+    lm_optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=2000, lr=1e-3, warmup=50, weight_decay=0.05))
     stage1_pictures: int = 8000
     stage1: StageConfig = field(
         default_factory=lambda: StageConfig("stage1", 32, OptimConfig(steps=400, lr=2e-3, warmup=40), train_lm=False)
@@ -50,9 +51,10 @@ class PipelineConfig:
         )
     )
     sqa_problems: int = 8000
+    sqa_lookups: int = 4000  # text-only option look-ups mixed into the ScienceQA data
     sqa: StageConfig = field(
         default_factory=lambda: StageConfig(
-            "stage2-sqa", 32, OptimConfig(steps=600, lr=1e-3, warmup=40, weight_decay=0.0), train_lm=True
+            "stage2-sqa", 32, OptimConfig(steps=800, lr=5e-4, warmup=40, weight_decay=0.0), train_lm=True
         )
     )
     holdout_pictures: int = 500  # CLIP hard-negative check during pre-training
@@ -73,6 +75,7 @@ class PipelineConfig:
             sizes=tiny,
             corpus_scenes=200,
             corpus_problems=50,
+            corpus_lookups=50,
             clip_pictures=96,
             clip=ClipConfig(text_hidden=32, text_layers=1, text_heads=2, batch_size=16, optim=quick),
             lm_batch=8,
@@ -82,6 +85,7 @@ class PipelineConfig:
             chat_pictures=48,
             stage2=StageConfig("stage2-chat", 8, quick, train_lm=True),
             sqa_problems=48,
+            sqa_lookups=8,
             sqa=StageConfig("stage2-sqa", 8, quick, train_lm=True),
             holdout_pictures=32,
             eval_pictures=2,

@@ -3,7 +3,7 @@
     python -m llava.train.pipeline --out checkpoints/            # the full run (under an hour on 2 cores)
     python -m llava.train.pipeline --out /tmp/smoke --smoke      # every stage, tiny, for the tests
 
-1. corpus + BPE tokenizer   2. CLIP pre-training (contrastive, hard negatives)   3. LM pre-training (text)
+1. corpus + BPE tokenizer   2. CLIP pre-training (contrastive: captions + object regions)   3. LM pre-training (text)
 4. stage 1: projector only, picture/caption pairs   5. stage 2: projector + LM on instruction data -> chat
 6. from stage 1 again: projector + LM on ScienceQA-format data -> sqa   7. held-out evaluation on both
 renderers, model cards and training curves written into each checkpoint folder.
@@ -30,7 +30,7 @@ from llava.data.sqa_world import make_problems
 from llava.model.tiny import build_config, build_processor, save_checkpoint, train_tokenizer
 from llava.train.clip import build_clip, pretrain_clip
 from llava.train.config import PipelineConfig
-from llava.train.corpus import build_corpus
+from llava.train.corpus import build_corpus, lookup_record
 from llava.train.features import vision_features
 from llava.train.loop import History
 from llava.train.pixels import normalize, to_uint8
@@ -100,7 +100,7 @@ def train_all(cfg: PipelineConfig, out: Path) -> Report:
     sizes = cfg.sizes
 
     with report.timed("corpus+tokenizer"):
-        corpus = build_corpus(cfg.corpus_scenes, cfg.corpus_problems, cfg.seed)
+        corpus = build_corpus(cfg.corpus_scenes, cfg.corpus_problems, cfg.seed, cfg.corpus_lookups)
         tokenizer = train_tokenizer(corpus, sizes.vocab_size)
         tokenizer.model_max_length = sizes.max_position_embeddings
         processor = build_processor(tokenizer, sizes.image_size, sizes.patch_size)
@@ -161,9 +161,11 @@ def train_all(cfg: PipelineConfig, out: Path) -> Report:
         pictures = list(sqa_pictures(scenes, rng).values())
         feats, index = _features(model, pictures, processor)
         records = [to_instruct(pid, p) for pid, p in problems.items()]
+        records += [lookup_record(rng, f"lookup-{k}") for k in range(cfg.sqa_lookups)]
         examples = _encode(records, tokenizer, n_img, max_len)
         report.histories["stage2-sqa"] = run_stage(model, examples, feats, index, cfg.sqa, progress=cfg.progress)
-        report.data["sqa_problems"] = len(records)
+        report.data["sqa_problems"] = len(problems)
+        report.data["sqa_lookups"] = cfg.sqa_lookups
         save_checkpoint(model, processor, out / SQA_NAME)
     return report
 

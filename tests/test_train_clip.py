@@ -1,0 +1,89 @@
+"""CLIP pre-training pieces: region targets from boxes, the region loss, and the corpus's option look-ups."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from llava.data.scienceqa import ANSWER_RE, LETTERS
+from llava.data.world import Scene, SceneObject, sample_scene
+from llava.model.tiny import build_config, train_tokenizer
+from llava.train.clip import PHRASES, ClipConfig, build_clip, pretrain_clip, region_accuracy, region_targets
+from llava.train.corpus import LOOKUP_WORDS, build_corpus, lookup_record
+from llava.train.loop import OptimConfig
+
+
+def test_region_weights_cover_exactly_the_box():
+    obj = SceneObject("square", "red", "large", (0.5, 0.25, 0.75, 0.5))  # patches (row 1, cols 2) on a 4x4 grid
+    weights, labels = region_targets([Scene((obj,))], grid=4)
+    assert weights.shape == (1, 4, 16) and labels.tolist() == [[PHRASES.index("large red square"), -1, -1, -1]]
+    grid = weights[0, 0].view(4, 4)
+    assert grid[1, 2] == pytest.approx(1.0) and grid.sum() == pytest.approx(1.0)
+    straddle = SceneObject("circle", "blue", "small", (0.125, 0.0, 0.375, 0.25))  # half of cols 0 and 1, row 0
+    w = region_targets([Scene((straddle,))], grid=4)[0][0, 0].view(4, 4)
+    assert w[0, 0] == pytest.approx(0.5) and w[0, 1] == pytest.approx(0.5) and w[1:].sum() == 0
+
+
+def test_region_weights_for_random_scenes_sum_to_one():
+    scenes = [sample_scene(random.Random(i)) for i in range(20)]
+    weights, labels = region_targets(scenes, grid=8)
+    for n, scene in enumerate(scenes):
+        assert (labels[n] >= 0).sum() == len(scene.objects)
+        sums = weights[n].sum(-1)
+        assert torch.allclose(sums[: len(scene.objects)], torch.ones(len(scene.objects)))
+        assert sums[len(scene.objects) :].sum() == 0
+
+
+@pytest.fixture(scope="module")
+def tiny_clip():
+    tokenizer = train_tokenizer(build_corpus(100, 20, 0), 400)
+    cfg = build_config(
+        tokenizer, image_size=32, patch_size=8, vision_hidden=32, vision_layers=2, vision_heads=2,
+        text_hidden=48, text_layers=2, text_heads=2, text_intermediate=96, max_position_embeddings=256,
+    )  # fmt: skip
+    return tokenizer, cfg
+
+
+@pytest.mark.parametrize("region_weight", [0.0, 1.0])
+def test_pretraining_runs_with_and_without_the_region_loss(tiny_clip, region_weight):
+    tokenizer, cfg = tiny_clip
+    torch.manual_seed(0)
+    clip_cfg = ClipConfig(
+        text_hidden=32, text_layers=1, text_heads=2, batch_size=8, region_weight=region_weight,
+        hard_negatives=region_weight == 0, optim=OptimConfig(steps=3, lr=1e-3, warmup=1),
+    )  # fmt: skip
+    clip = build_clip(cfg.vision_config, tokenizer, clip_cfg)
+    scenes = [sample_scene(random.Random(i)) for i in range(16)]
+    pixels = torch.randint(0, 255, (16, 3, 32, 32), dtype=torch.uint8)
+    before = clip.vision_model.embeddings.patch_embedding.weight.clone()
+    history = pretrain_clip(
+        clip, tokenizer, pixels, scenes, clip_cfg, lambda x: x.float() / 255, holdout=(pixels[:8], scenes[:8]),
+        progress=False,
+    )  # fmt: skip
+    assert len(history.losses) == 3 and all(v > 0 for v in history.losses)
+    assert not torch.equal(before, clip.vision_model.embeddings.patch_embedding.weight)
+    assert {"region", "region_color", "region_shape", "region_size", "color"} <= set(history.evals)
+    acc = region_accuracy(clip, tokenizer, pixels[:8].float() / 255, scenes[:8])
+    assert all(0.0 <= v <= 1.0 for v in acc.values())
+
+
+def test_lookup_records_name_the_right_letter():
+    rng = random.Random(0)
+    for k in range(200):
+        record = lookup_record(rng, f"l{k}")
+        human, answer = (t["value"] for t in record["conversations"])
+        listed = human.split("Options: ")[1]
+        letter = ANSWER_RE.search(answer).group(1)
+        said = answer.split("It is ")[1].split(". The answer")[0]
+        assert said in LOOKUP_WORDS
+        assert f"({letter}) {said}" in listed
+        assert "image" not in record
+
+
+def test_corpus_holds_the_lookups():
+    base = build_corpus(20, 5, 0)
+    more = build_corpus(20, 5, 0, n_lookups=7)
+    assert more[: len(base)] == base and len(more) == len(base) + 7
+    assert all("The answer is" in t for t in more[len(base) :])

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from llava.data.scienceqa import ANSWER_RE, LETTERS
+from llava.data.scienceqa import ANSWER_RE
 from llava.data.world import Scene, SceneObject, sample_scene
 from llava.model.tiny import build_config, train_tokenizer
 from llava.train.clip import PHRASES, ClipConfig, build_clip, pretrain_clip, region_accuracy, region_targets

@@ -38,7 +38,9 @@ class PipelineConfig:
     clip_pictures: int = 20000
     clip: ClipConfig = field(default_factory=ClipConfig)
     lm_batch: int = 32
-    lm_optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=2000, lr=1e-3, warmup=50, weight_decay=0.05))
+    lm_optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(steps=2000, lr=1e-3, warmup=50, weight_decay=0.05)
+    )
     stage1_pictures: int = 8000
     stage1: StageConfig = field(
         default_factory=lambda: StageConfig("stage1", 32, OptimConfig(steps=400, lr=2e-3, warmup=40), train_lm=False)

@@ -83,6 +83,7 @@ def test_loop_schedule_and_divergence():
     with pytest.raises(FloatingPointError, match="lower the learning rate"):
         train([w], lambda step: w.sum() * float("nan"), OptimConfig(steps=3, lr=0.1, warmup=1, bf16=False), "x",
               progress=False)  # fmt: skip
+    assert float(w.detach()) == 1.0, "a non-finite loss is not stepped on"
     history = train([w], lambda step: (w - 3) ** 2, OptimConfig(steps=200, lr=0.1, warmup=1, bf16=False), "q",
                     progress=False)  # fmt: skip
     assert abs(float(w) - 3) < 0.1 and history.losses[-1] < history.losses[0]

@@ -74,14 +74,14 @@ def train(
             group["lr"] = lr
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
             loss = loss_fn(step)
+        value = float(loss.detach())
+        if not math.isfinite(value):  # before the step: the weights stay as they were
+            raise FloatingPointError(f"{name}: loss became {value} at step {step}; lower the learning rate")
         loss.backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise FloatingPointError(f"{name}: loss became {value} at step {step}; lower the learning rate")
         history.losses.append(value)
         history.lrs.append(lr)
         if step % 20 == 0:

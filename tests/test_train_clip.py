@@ -10,7 +10,15 @@ import torch
 from llava.data.scienceqa import ANSWER_RE
 from llava.data.world import Scene, SceneObject, sample_scene
 from llava.model.tiny import build_config, train_tokenizer
-from llava.train.clip import PHRASES, ClipConfig, build_clip, pretrain_clip, region_accuracy, region_targets
+from llava.train.clip import (
+    PHRASES,
+    ClipConfig,
+    build_clip,
+    patch_targets,
+    pretrain_clip,
+    region_accuracy,
+    region_targets,
+)
 from llava.train.corpus import LOOKUP_WORDS, build_corpus, lookup_record
 from llava.train.loop import OptimConfig
 
@@ -36,6 +44,25 @@ def test_region_weights_for_random_scenes_sum_to_one():
         assert sums[len(scene.objects) :].sum() == 0
 
 
+def test_patch_targets_label_the_patches_a_box_covers_enough():
+    square = SceneObject("square", "red", "large", (0.5, 0.25, 0.75, 0.5))  # exactly patch (1, 2) of 4x4
+    straddle = SceneObject("circle", "blue", "small", (0.0, 0.625, 0.125, 0.875))  # half of (2, 0) and (3, 0)
+    labels = patch_targets([Scene((square, straddle))], grid=4, cover=0.25).view(4, 4)
+    red, blue = PHRASES.index("large red square"), PHRASES.index("small blue circle")
+    assert labels[1, 2] == red and labels[2, 0] == blue and labels[3, 0] == blue
+    assert (labels >= 0).sum() == 3
+    strict = patch_targets([Scene((square, straddle))], grid=4, cover=0.6).view(4, 4)
+    assert strict[1, 2] == red and (strict >= 0).sum() == 1  # the halves fall short of 0.6
+
+
+def test_patch_targets_for_random_scenes_name_only_their_objects():
+    scenes = [sample_scene(random.Random(i)) for i in range(20)]
+    labels = patch_targets(scenes, grid=8, cover=0.25)
+    for n, scene in enumerate(scenes):
+        named = {PHRASES[i] for i in labels[n].tolist() if i >= 0}
+        assert named == {f"{o.size} {o.color} {o.shape}" for o in scene.objects}  # every object has a patch
+
+
 @pytest.fixture(scope="module")
 def tiny_clip():
     tokenizer = train_tokenizer(build_corpus(100, 20, 0), 400)
@@ -47,12 +74,12 @@ def tiny_clip():
 
 
 @pytest.mark.parametrize("region_weight", [0.0, 1.0])
-def test_pretraining_runs_with_and_without_the_region_loss(tiny_clip, region_weight):
+def test_pretraining_runs_with_and_without_the_region_losses(tiny_clip, region_weight):
     tokenizer, cfg = tiny_clip
     torch.manual_seed(0)
     clip_cfg = ClipConfig(
         text_hidden=32, text_layers=1, text_heads=2, batch_size=8, region_weight=region_weight,
-        hard_negatives=region_weight == 0, optim=OptimConfig(steps=3, lr=1e-3, warmup=1),
+        patch_weight=region_weight, hard_negatives=region_weight == 0, optim=OptimConfig(steps=3, lr=1e-3, warmup=1),
     )  # fmt: skip
     clip = build_clip(cfg.vision_config, tokenizer, clip_cfg)
     scenes = [sample_scene(random.Random(i)) for i in range(16)]
@@ -64,7 +91,7 @@ def test_pretraining_runs_with_and_without_the_region_loss(tiny_clip, region_wei
     )  # fmt: skip
     assert len(history.losses) == 3 and all(v > 0 for v in history.losses)
     assert not torch.equal(before, clip.vision_model.embeddings.patch_embedding.weight)
-    assert {"region", "region_color", "region_shape", "region_size", "color"} <= set(history.evals)
+    assert {"region", "region_color", "region_shape", "region_size", "patch_l-2", "color"} <= set(history.evals)
     acc = region_accuracy(clip, tokenizer, pixels[:8].float() / 255, scenes[:8])
     assert all(0.0 <= v <= 1.0 for v in acc.values())
 

@@ -6,11 +6,14 @@ Two losses, both contrastive against the text tower:
   position, the other captions of the batch as negatives (optionally also a hard negative per picture: its
   scene with one thing changed);
 * region: each object's patch tokens (weighted by how much of each patch its box covers, the box being part
-  of the symbolic context the paper's data comes with) against the 36 phrases `size colour shape`.
+  of the symbolic context the paper's data comes with) against the 36 phrases `size colour shape`;
+* patch: every patch of layer -2 (the layer LLaVA reads) that an object's box covers at least a quarter of,
+  on its own, against the same phrases.
 
 The global loss alone teaches a pooled summary; LLaVA reads the patch tokens, and without the region loss
-they did not say which colour goes with which shape (an attention probe on layer -2 read colour given shape
-57% of the time, against 90% with it, at half the cost of hard negatives).
+they did not say which colour goes with which shape: an attention probe on layer -2 read colour given shape
+57% of the time with the global loss, 90% with the region loss too, and 99.7% (shape given colour 99.6%)
+with the patch loss on top, for 14% more CLIP time.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ class ClipConfig:
     batch_size: int = 128
     hard_negatives: bool = False  # a changed-scene caption per picture in the global loss (doubles text cost)
     region_weight: float = 1.0  # weight of the per-object region loss; 0 turns it off
+    patch_weight: float = 1.0  # weight of the per-patch loss on layer -2; 0 turns it off
+    patch_cover: float = 0.25  # a patch is an object's when its box covers at least this share of it
     optim: OptimConfig = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
@@ -138,6 +143,26 @@ def region_targets(scenes: list[Scene], grid: int) -> tuple[torch.Tensor, torch.
     return weights, labels
 
 
+def patch_targets(scenes: list[Scene], grid: int, cover: float) -> torch.Tensor:
+    """(N, grid*grid) index in PHRASES of the object that covers at least `cover` of each patch (-1: none;
+    objects do not overlap, so at most one does)."""
+    labels = torch.full((len(scenes), grid * grid), -1, dtype=torch.long)
+    edges = torch.arange(grid + 1) / grid
+    for n, scene in enumerate(scenes):
+        for o in scene.objects:
+            x1, y1, x2, y2 = o.box
+            wx = (torch.minimum(edges[1:], torch.tensor(x2)) - torch.maximum(edges[:-1], torch.tensor(x1))).clamp(min=0)
+            wy = (torch.minimum(edges[1:], torch.tensor(y2)) - torch.maximum(edges[:-1], torch.tensor(y1))).clamp(min=0)
+            share = (wy[:, None] * wx[None, :]).flatten() * grid * grid  # of each patch's area
+            labels[n, share >= cover] = PHRASES.index(f"{o.size} {o.color} {o.shape}")
+    return labels
+
+
+def patch_embeddings(clip: CLIPModel, hidden: torch.Tensor) -> torch.Tensor:
+    """(B, P, D) normalised embeddings of every patch token of a hidden layer (CLS dropped)."""
+    return F.normalize(clip.visual_projection(clip.vision_model.post_layernorm(hidden[:, 1:])), dim=-1)
+
+
 def region_embeddings(clip: CLIPModel, last_hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """(B, MAX_OBJECTS, D) normalised object embeddings from final-layer patch tokens (CLS dropped)."""
     patches = clip.visual_projection(clip.vision_model.post_layernorm(last_hidden[:, 1:]))  # (B, P, D)
@@ -151,17 +176,23 @@ def region_accuracy(clip: CLIPModel, tokenizer, pixel_values: torch.Tensor, scen
     clip.eval()
     grid = clip.config.vision_config.image_size // clip.config.vision_config.patch_size
     weights, labels = region_targets(scenes, grid)
-    last = clip.vision_model(pixel_values=pixel_values).last_hidden_state
-    regions = region_embeddings(clip, last, weights)[labels >= 0]
+    out = clip.vision_model(pixel_values=pixel_values, output_hidden_states=True)
+    regions = region_embeddings(clip, out.last_hidden_state, weights)[labels >= 0]
     truth = labels[labels >= 0]
-    guess = (regions @ embed_text(clip, *tokenize_captions(tokenizer, list(PHRASES), 16)).T).argmax(-1)
+    phrases = embed_text(clip, *tokenize_captions(tokenizer, list(PHRASES), 16))
+    guess = (regions @ phrases.T).argmax(-1)
     parts = [p.split() for p in PHRASES]
-    out = {"region": float((guess == truth).float().mean())}
+    result = {"region": float((guess == truth).float().mean())}
     for i, name in enumerate(("region_size", "region_color", "region_shape")):
         same = [parts[g][i] == parts[t][i] for g, t in zip(guess.tolist(), truth.tolist(), strict=True)]
-        out[name] = sum(same) / len(same)
+        result[name] = sum(same) / len(same)
+    patch_labels = patch_targets(scenes, grid, 0.5)
+    keep = patch_labels >= 0
+    if keep.any():
+        patches = patch_embeddings(clip, out.hidden_states[-2])[keep]
+        result["patch_l-2"] = float(((patches @ phrases.T).argmax(-1) == patch_labels[keep]).float().mean())
     clip.train()
-    return out
+    return result
 
 
 # --- model pieces ---------------------------------------------------------------------------------
@@ -245,6 +276,7 @@ def pretrain_clip(
     captions = [full_caption(s) for s in scenes]
     grid = clip.config.vision_config.image_size // clip.config.vision_config.patch_size
     weights, labels = region_targets(scenes, grid) if cfg.region_weight else (None, None)
+    patch_labels = patch_targets(scenes, grid, cfg.patch_cover) if cfg.patch_weight else None
     phrase_ids = tokenize_captions(tokenizer, list(PHRASES), 16)
     clip.train()
 
@@ -254,14 +286,21 @@ def pretrain_clip(
         if cfg.hard_negatives:
             texts += [negative_caption(scenes[i], rng) for i in idx]
         ids, eos_at = tokenize_captions(tokenizer, texts, cfg.max_caption_tokens)
-        vision = clip.vision_model(pixel_values=normalize(pixels[idx]))
+        vision = clip.vision_model(pixel_values=normalize(pixels[idx]), output_hidden_states=bool(cfg.patch_weight))
         images = F.normalize(clip.visual_projection(vision.pooler_output), dim=-1)
         loss = contrastive_loss(clip, images, embed_text(clip, ids, eos_at), cfg.batch_size)
+        if not (cfg.region_weight or cfg.patch_weight):
+            return loss
+        scale = clip.logit_scale.exp().clamp(max=100)
+        phrases = embed_text(clip, *phrase_ids)
         if cfg.region_weight:
             keep = labels[idx] >= 0
             regions = region_embeddings(clip, vision.last_hidden_state, weights[idx])[keep]
-            logits = clip.logit_scale.exp().clamp(max=100) * regions @ embed_text(clip, *phrase_ids).T
-            loss = loss + cfg.region_weight * F.cross_entropy(logits, labels[idx][keep])
+            loss = loss + cfg.region_weight * F.cross_entropy(scale * regions @ phrases.T, labels[idx][keep])
+        if cfg.patch_weight:
+            keep = patch_labels[idx] >= 0
+            patches = patch_embeddings(clip, vision.hidden_states[-2])[keep]
+            loss = loss + cfg.patch_weight * F.cross_entropy(scale * patches @ phrases.T, patch_labels[idx][keep])
         return loss
 
     evaluate = None

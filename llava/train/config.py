@@ -39,7 +39,7 @@ class PipelineConfig:
     clip: ClipConfig = field(default_factory=ClipConfig)
     lm_batch: int = 32
     lm_optim: OptimConfig = field(
-        default_factory=lambda: OptimConfig(steps=2000, lr=1e-3, warmup=50, weight_decay=0.05)
+        default_factory=lambda: OptimConfig(steps=1800, lr=1e-3, warmup=50, weight_decay=0.05)
     )
     stage1_pictures: int = 8000
     stage1: StageConfig = field(

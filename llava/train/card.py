@@ -9,7 +9,7 @@ from llava.eval.questions import KINDS, TARGET_KINDS
 
 STAGE_ROWS = (
     ("corpus+tokenizer", "text corpus + byte-level BPE", "—"),
-    ("clip", "CLIP ViT + text tower, contrastive: whole captions and per-object regions", "vision tower + text tower"),
+    ("clip", "CLIP ViT + text tower, contrastive: captions, object regions, patches", "vision tower + text tower"),
     ("lm", "Llama language model, next-token on the text corpus", "language model"),
     ("stage1", "feature alignment on picture/caption pairs", "projector only"),
     ("stage2-chat", "instruction tuning: conversation, detail, complex reasoning", "projector + language model"),
@@ -153,11 +153,13 @@ Weights: {mb:.1f} MB (float32 safetensors).
 ## Data and stages
 
 - **Text corpus** ({report.data.get("corpus_texts", 0):,} texts): captions, the teacher's chats and ScienceQA-style problems
-  about symbolic scenes that are never drawn; trains the BPE tokenizer (`<image>` is a special token) and the LM.
+  about symbolic scenes that are never drawn (each chat reads its scene's caption where the picture will be), and
+  option look-ups; trains the BPE tokenizer (`<image>` is a special token) and the LM.
 - **CLIP** ({report.data.get("clip_pairs", 0):,} picture/caption pairs, drawn at random resolutions with shade jitter and
   tinted backgrounds, then resized by the processor). The caption names every object's size, colour, shape and
   position (global loss, picture against caption); each object's patch tokens, pooled over its box, are also
-  matched against the 36 phrases `size colour shape` (region loss). Held-out checks at the end (true caption
+  matched against the 36 phrases `size colour shape` (region loss), and so is every layer -2 patch its object's box
+  covers at least a quarter of (patch loss: the layer LLaVA reads). Held-out checks at the end (true caption
   over a one-change negative, by kind; region zero-shot): {clip_line}.
 - **Stage 1** ({report.data.get("stage1_pairs", 0):,} pairs): `Describe the image concisely.`-style instruction + caption;
   vision tower and LM frozen, the projector learns.

@@ -12,6 +12,7 @@ from llava.data.world import Scene, SceneObject, sample_scene
 from llava.model.tiny import build_config, train_tokenizer
 from llava.train.clip import (
     PHRASES,
+    PLACED_PHRASES,
     ClipConfig,
     build_clip,
     patch_targets,
@@ -53,6 +54,10 @@ def test_patch_targets_label_the_patches_a_box_covers_enough():
     assert (labels >= 0).sum() == 3
     strict = patch_targets([Scene((square, straddle))], grid=4, cover=0.6).view(4, 4)
     assert strict[1, 2] == red and (strict >= 0).sum() == 1  # the halves fall short of 0.6
+    placed = patch_targets([Scene((square, straddle))], grid=4, cover=0.25, placed=True).view(4, 4)
+    assert PLACED_PHRASES[placed[1, 2]] == "large red square in the center"  # centre (0.625, 0.375)
+    assert PLACED_PHRASES[placed[2, 0]] == PLACED_PHRASES[placed[3, 0]] == "small blue circle at the bottom left"
+    assert len(PLACED_PHRASES) == 9 * len(PHRASES) == len(set(PLACED_PHRASES))
 
 
 def test_patch_targets_for_random_scenes_name_only_their_objects():

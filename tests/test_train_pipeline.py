@@ -25,7 +25,7 @@ def smoke(tmp_path_factory) -> tuple[Path, float, str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "llava.train.pipeline", "--smoke", "--out", str(out), "--quiet"],
+        [sys.executable, "-m", "llava.train.pipeline", "--smoke", "--out", str(out), "--quiet", "--keep-stage1"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -71,6 +71,9 @@ def test_stages_share_and_separate_the_right_weights(smoke):
     assert vision and lm
     assert all(torch.equal(chat[k], sqa[k]) for k in vision), "the vision tower is frozen after CLIP"
     assert not all(torch.equal(chat[k], sqa[k]) for k in lm), "the two stage-2 runs tune the LM apart"
+    stage1 = load_file(out / "stage1" / "model.safetensors")  # --keep-stage1
+    assert set(stage1) == set(chat) and all(torch.equal(chat[k], stage1[k]) for k in vision)
+    assert not all(torch.equal(chat[k], stage1[k]) for k in lm), "stage 1 leaves the LM as pre-trained"
 
 
 def test_loop_schedule_and_divergence():

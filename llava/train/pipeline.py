@@ -92,8 +92,9 @@ def count_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def train_all(cfg: PipelineConfig, out: Path) -> Report:
-    """Run stages 1-6; both checkpoints are saved under `out`."""
+def train_all(cfg: PipelineConfig, out: Path, keep_stage1: bool = False) -> Report:
+    """Run stages 1-6; both checkpoints are saved under `out` (and the stage-1 model under
+    `out/stage1`, if `keep_stage1`, to try stage-2 recipes from without the hour before it)."""
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     report = Report(config=asdict(cfg))
@@ -144,6 +145,8 @@ def train_all(cfg: PipelineConfig, out: Path) -> Report:
         report.histories["stage1"] = run_stage(model, examples, feats, index, cfg.stage1, progress=cfg.progress)
         report.data["stage1_pairs"] = len(records)
     after_stage1 = {k: v.clone() for k, v in model.state_dict().items()}
+    if keep_stage1:
+        save_checkpoint(model, processor, out / "stage1")
 
     with report.timed("stage2-chat"):
         pictures = make_pictures(rng, cfg.chat_pictures, "chat")
@@ -209,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation and the tables in the cards")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--keep-stage1", action="store_true", help="also save the stage-1 model under OUT/stage1")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     hf_logging.set_verbosity_error()
@@ -218,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg.seed = args.seed
     cfg.progress = cfg.progress and not args.quiet
     start = time.perf_counter()
-    report = train_all(cfg, args.out)
+    report = train_all(cfg, args.out, keep_stage1=args.keep_stage1)
     if not args.no_eval:
         evaluate_all(cfg, args.out, report)
     report.timings["total"] = time.perf_counter() - start

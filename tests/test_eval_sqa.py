@@ -8,7 +8,7 @@ import pytest
 
 from llava.data.instruct import DataFormatError
 from llava.eval.__main__ import main as eval_main
-from llava.eval.sqa import grade_band, load_predictions, markdown, score_predictions
+from llava.eval.sqa import explained_option, grade_band, load_predictions, markdown, score_predictions
 
 # Three problems in ScienceQA's schema (shortened real-style items).
 PROBLEMS = {
@@ -38,6 +38,36 @@ def test_table_groups_as_the_paper():
     assert table.format_ok == 2
     md = markdown(table, "t")
     assert "| G1-6 | G7-12 |" in md.replace("G1-6 | G7-12", "G1-6 | G7-12") and "33.3" in md
+
+
+def test_explanation_diagnostics_split_reasoning_from_the_letter():
+    choices = ["a blue triangle", "a yellow square", "a yellow triangle"]
+    assert explained_option("Look at the picture. There is a yellow square; the others are not. The answer is B.",
+                            choices) == 1  # fmt: skip
+    assert explained_option("A yellow triangle is there. The answer is A.", choices) == 2  # not "triangle" twice
+    assert explained_option("There are shapes. The answer is A.", choices) is None
+    assert explained_option("Blue or yellow? The answer is A.", ["blue", "yellow"]) is None  # both named
+    assert explained_option("There are two. The answer is B.", ["one", "two", "four"]) == 1
+    problems = {
+        "a": {"question": "q", "choices": ["one", "two"], "answer": 1, "hint": "", "image": None, "grade": "grade1",
+              "subject": "numbers"},
+        "b": {"question": "q", "choices": ["red", "blue"], "answer": 0, "hint": "", "image": None, "grade": "grade1",
+              "subject": "colors"},
+        "c": {"question": "q", "choices": ["red", "blue"], "answer": 0, "hint": "", "image": None, "grade": "grade1",
+              "subject": "colors"},
+    }  # fmt: skip
+    predictions = {
+        "a": "There are two. The answer is A.",  # right reasoning, wrong letter
+        "b": "The square is red. The answer is A.",  # both right
+        "c": "The square is blue. The answer is B.",  # wrong reasoning, consistent letter
+    }
+    table = score_predictions(problems, predictions)
+    result = table.to_json()
+    assert result["explained"] == 3
+    assert result["explanation_right"] == pytest.approx(2 / 3)
+    assert result["letter_matches_explanation"] == pytest.approx(2 / 3)
+    assert table.failures[0]["answer"] == "B" and table.failures[0]["choices"] == ["one", "two"]
+    assert "names one option" in markdown(table)
 
 
 def test_world_grade_bands():

@@ -1,7 +1,10 @@
 """ScienceQA scoring in the paper's table form, for our problems or real `problems.json` + predictions.
 
 Columns: accuracy by subject, by context modality (TXT, IMG, NO) and by grade band, then the average,
-plus how many answers kept the `The answer is X.` format. Real ScienceQA subjects become NAT/SOC/LAN and
+plus how many answers kept the `The answer is X.` format. Two diagnostics split a wrong letter into its
+causes: of the answers whose last sentence before `The answer is` names exactly one option, how often that
+option is the right one (the reasoning was right) and how often the letter is that option's (the letter was
+read off the options correctly). Real ScienceQA subjects become NAT/SOC/LAN and
 grades G1-6/G7-12 as in the paper; our world's subjects and grades stand in for them.
 """
 
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +22,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from llava.data.instruct import DataFormatError
-from llava.data.scienceqa import context_modality, format_kept, parse_answer, qcm_prompt
+from llava.data.scienceqa import LETTERS, context_modality, format_kept, parse_answer, qcm_prompt
 from llava.data.sqa_world import make_problems
 from llava.eval.chat import ask, draw
 from llava.model.loader import LoadedModel
@@ -33,6 +37,9 @@ class SqaTable:
     format_ok: int = 0
     total: int = 0
     failures: list[dict] = field(default_factory=list)
+    explained: int = 0  # answers whose last sentence names exactly one option
+    explained_right: int = 0  # ... and that option is the right one
+    letter_matches: int = 0  # ... and the letter is that option's
 
     def add(self, family: str, column: str, correct: bool) -> None:
         cell = self.groups.setdefault(family, {}).setdefault(column, [0, 0])
@@ -56,6 +63,9 @@ class SqaTable:
             "accuracy": {f"{f}/{c}": self.accuracy(f, c) for f, c in self.columns()},
             "counts": {f"{f}/{c}": self.groups[f][c][1] for f, c in self.columns()},
             "format_kept": self.format_ok / self.total if self.total else float("nan"),
+            "explained": self.explained,
+            "explanation_right": self.explained_right / self.explained if self.explained else float("nan"),
+            "letter_matches_explanation": self.letter_matches / self.explained if self.explained else float("nan"),
             "failures": self.failures[:20],
         }
 
@@ -76,6 +86,23 @@ def subject_column(subject: str) -> str:
     return SUBJECT_ABBREV.get(subject, subject)
 
 
+def explained_option(text: str, choices: list[str]) -> int | None:
+    """The one option the last sentence before `The answer is` names (None: none or several)."""
+    head = text.rsplit("The answer is", 1)[0].strip()
+    sentences = [x for x in re.split(r"(?<=[.!?])\s+", head) if x]
+    if not sentences:
+        return None
+    last = sentences[-1].lower()
+    named = []
+    for k, choice in enumerate(choices):
+        core = re.sub(r"^(a|an|the)\s+", "", choice.strip().lower())
+        if core and re.search(rf"\b{re.escape(core)}\b", last):
+            named.append(k)
+    # "a red square" also contains "square": keep only the longest of options nested in one another
+    named = [k for k in named if not any(k != j and choices[k].lower() in choices[j].lower() for j in named)]
+    return named[0] if len(named) == 1 else None
+
+
 def score_predictions(problems: dict[str, dict[str, Any]], predictions: dict[str, str]) -> SqaTable:
     """The table for every problem that has a prediction; a missing or unparsable answer counts wrong."""
     real = any(p.get("subject") in SUBJECT_ABBREV for p in problems.values())
@@ -91,8 +118,18 @@ def score_predictions(problems: dict[str, dict[str, Any]], predictions: dict[str
             table.add("context", modality, correct)
         table.add("grade", grade_band(problem.get("grade", ""), real), correct)
         table.add("all", "Avg", correct)
+        named = explained_option(text, [str(c) for c in problem["choices"]])
+        if named is not None:
+            table.explained += 1
+            table.explained_right += named == problem["answer"]
+            table.letter_matches += chosen == named
         if not correct:
-            table.failures.append({"pid": pid, "question": problem["question"], "prediction": text})
+            table.failures.append(
+                {
+                    "pid": pid, "question": problem["question"], "choices": problem["choices"],
+                    "answer": LETTERS[problem["answer"]], "prediction": text,
+                }
+            )  # fmt: skip
     return table
 
 
@@ -174,4 +211,12 @@ def markdown(table: SqaTable, title: str = "") -> str:
     row = "| " + " | ".join(f"{100 * table.accuracy(f, c):.1f}" for f, c in cols)
     row += f" | {100 * table.format_ok / max(1, table.total):.1f} |"
     counts = "| " + " | ".join(str(table.groups[f][c][1]) for f, c in cols) + f" | {table.total} |"
-    return "\n".join(([title, ""] if title else []) + [head, sep, row, counts])
+    lines = ([title, ""] if title else []) + [head, sep, row, counts]
+    if table.explained:
+        lines += [
+            "",
+            f"Of {table.explained} answers whose last sentence names one option: that option is the right one "
+            f"{100 * table.explained_right / table.explained:.1f}% of the time, and the letter is that option's "
+            f"{100 * table.letter_matches / table.explained:.1f}%.",
+        ]
+    return "\n".join(lines)

@@ -49,6 +49,14 @@ def sqa_table(evals: dict[str, dict]) -> str:
             f"| {RENDERER_NAMES.get(renderer, renderer)} | " + " | ".join(cells) + f" | {_pct(r['format_kept'])} |"
         )
     lines.append("| problems | " + " | ".join(str(first["counts"][c]) for c in cols) + " | |")
+    if first.get("explained"):
+        lines.append("")
+        for renderer, r in evals.items():
+            lines.append(
+                f"- {RENDERER_NAMES.get(renderer, renderer)}: of {r['explained']} answers whose last sentence names "
+                f"one option, the option is right {_pct(r['explanation_right'])}% of the time and the letter is "
+                f"that option's {_pct(r['letter_matches_explanation'])}% (reasoning vs reading the letter off)."
+            )
     return "\n".join(lines)
 
 

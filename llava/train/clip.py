@@ -1,6 +1,6 @@
 """A small CLIP, pre-trained contrastively on picture/caption pairs: the frozen vision tower of LLaVA.
 
-Two losses, both contrastive against the text tower:
+Three losses, all contrastive against the text tower:
 
 * global: the picture (CLS) against its full caption, which names every object's size, colour, shape and
   position, the other captions of the batch as negatives (optionally also a hard negative per picture: its
@@ -135,18 +135,23 @@ PHRASES = tuple(f"{size} {color} {shape}" for size in SIZES for color in COLORS 
 PLACED_PHRASES = tuple(f"{phrase} {region_phrase(r)}" for phrase in PHRASES for r in REGIONS)
 
 
+def box_cover(box: tuple[float, float, float, float], grid: int) -> torch.Tensor:
+    """(grid*grid,) area of each patch inside the normalised box, row-major as the ViT orders patches."""
+    x1, y1, x2, y2 = box
+    edges = torch.arange(grid + 1) / grid
+    wx = (torch.minimum(edges[1:], torch.tensor(x2)) - torch.maximum(edges[:-1], torch.tensor(x1))).clamp(min=0)
+    wy = (torch.minimum(edges[1:], torch.tensor(y2)) - torch.maximum(edges[:-1], torch.tensor(y1))).clamp(min=0)
+    return (wy[:, None] * wx[None, :]).flatten()
+
+
 def region_targets(scenes: list[Scene], grid: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per scene and object slot: patch weights (N, MAX_OBJECTS, grid*grid), each object's row summing to 1
     (the share of each patch its box covers), and the index of its phrase in PHRASES (-1: no object)."""
     weights = torch.zeros(len(scenes), MAX_OBJECTS, grid * grid)
     labels = torch.full((len(scenes), MAX_OBJECTS), -1, dtype=torch.long)
-    edges = torch.arange(grid + 1) / grid
     for n, scene in enumerate(scenes):
         for k, o in enumerate(scene.objects):
-            x1, y1, x2, y2 = o.box
-            wx = (torch.minimum(edges[1:], torch.tensor(x2)) - torch.maximum(edges[:-1], torch.tensor(x1))).clamp(min=0)
-            wy = (torch.minimum(edges[1:], torch.tensor(y2)) - torch.maximum(edges[:-1], torch.tensor(y1))).clamp(min=0)
-            cover = (wy[:, None] * wx[None, :]).flatten()  # row-major patches, as the ViT orders them
+            cover = box_cover(o.box, grid)
             weights[n, k] = cover / cover.sum()
             labels[n, k] = PHRASES.index(f"{o.size} {o.color} {o.shape}")
     return weights, labels
@@ -156,13 +161,9 @@ def patch_targets(scenes: list[Scene], grid: int, cover: float, placed: bool = F
     """(N, grid*grid) index in PHRASES (PLACED_PHRASES if `placed`) of the object that covers at least
     `cover` of each patch (-1: none; objects do not overlap, so at most one does)."""
     labels = torch.full((len(scenes), grid * grid), -1, dtype=torch.long)
-    edges = torch.arange(grid + 1) / grid
     for n, scene in enumerate(scenes):
         for o in scene.objects:
-            x1, y1, x2, y2 = o.box
-            wx = (torch.minimum(edges[1:], torch.tensor(x2)) - torch.maximum(edges[:-1], torch.tensor(x1))).clamp(min=0)
-            wy = (torch.minimum(edges[1:], torch.tensor(y2)) - torch.maximum(edges[:-1], torch.tensor(y1))).clamp(min=0)
-            share = (wy[:, None] * wx[None, :]).flatten() * grid * grid  # of each patch's area
+            share = box_cover(o.box, grid) * grid * grid  # of each patch's area
             phrase = f"{o.size} {o.color} {o.shape}"
             if placed:
                 phrase = f"{phrase} {region_phrase(region_of(o.center))}"
@@ -170,15 +171,19 @@ def patch_targets(scenes: list[Scene], grid: int, cover: float, placed: bool = F
     return labels
 
 
+def _projected_patches(clip: CLIPModel, hidden: torch.Tensor) -> torch.Tensor:
+    """(B, P, D) patch tokens of a hidden layer (CLS dropped) in the joint embedding space."""
+    return clip.visual_projection(clip.vision_model.post_layernorm(hidden[:, 1:]))
+
+
 def patch_embeddings(clip: CLIPModel, hidden: torch.Tensor) -> torch.Tensor:
-    """(B, P, D) normalised embeddings of every patch token of a hidden layer (CLS dropped)."""
-    return F.normalize(clip.visual_projection(clip.vision_model.post_layernorm(hidden[:, 1:])), dim=-1)
+    """(B, P, D) normalised embeddings of every patch token of a hidden layer."""
+    return F.normalize(_projected_patches(clip, hidden), dim=-1)
 
 
 def region_embeddings(clip: CLIPModel, last_hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """(B, MAX_OBJECTS, D) normalised object embeddings from final-layer patch tokens (CLS dropped)."""
-    patches = clip.visual_projection(clip.vision_model.post_layernorm(last_hidden[:, 1:]))  # (B, P, D)
-    return F.normalize(torch.einsum("bkp,bpd->bkd", weights, patches), dim=-1)
+    """(B, MAX_OBJECTS, D) normalised object embeddings: final-layer patch tokens pooled by `weights`."""
+    return F.normalize(torch.einsum("bkp,bpd->bkd", weights, _projected_patches(clip, last_hidden)), dim=-1)
 
 
 @torch.no_grad()
@@ -286,8 +291,8 @@ def pretrain_clip(
     holdout: tuple[torch.Tensor, list[Scene]] | None = None,
     progress: bool = True,
 ) -> History:
-    """Contrastive pre-training on (uint8 pixels, scene) pairs: the global caption loss plus the region loss
-    (see the module docstring); captions and hard negatives made per step."""
+    """Contrastive pre-training on (uint8 pixels, scene) pairs: the global caption loss plus the region and
+    patch losses (see the module docstring); captions and hard negatives made per step."""
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
     captions = [full_caption(s) for s in scenes]
@@ -295,7 +300,7 @@ def pretrain_clip(
     weights, labels = region_targets(scenes, grid) if cfg.region_weight else (None, None)
     patch_labels = patch_targets(scenes, grid, cfg.patch_cover, cfg.patch_places) if cfg.patch_weight else None
     phrase_ids = tokenize_captions(tokenizer, list(PHRASES), 16)
-    patch_phrase_ids = tokenize_captions(tokenizer, list(PLACED_PHRASES if cfg.patch_places else PHRASES), 16)
+    placed_ids = tokenize_captions(tokenizer, list(PLACED_PHRASES), 16) if cfg.patch_places else None
     clip.train()
 
     def loss_fn(step: int) -> torch.Tensor:
@@ -318,7 +323,7 @@ def pretrain_clip(
         if cfg.patch_weight:
             keep = patch_labels[idx] >= 0
             patches = patch_embeddings(clip, vision.hidden_states[-2])[keep]
-            targets = phrases if not cfg.patch_places else embed_text(clip, *patch_phrase_ids)
+            targets = embed_text(clip, *placed_ids) if cfg.patch_places else phrases
             loss = loss + cfg.patch_weight * F.cross_entropy(scale * patches @ targets.T, patch_labels[idx][keep])
         return loss
 

@@ -76,7 +76,8 @@ def build_corpus(n_scenes: int, n_problems: int, seed: int, n_lookups: int = 0) 
         context = scene_context(scene)
         texts.append(" ".join(context.captions))
         qas = rules.teach(context, kinds[k % len(kinds)], rng)
-        texts.append(chat_text(rules.to_record(str(k), "scene", qas)["conversations"], image_text=full_caption(scene)))
+        record = rules.to_record(str(k), "scene", qas)  # with a picture: `<image>` leads, the caption stands in
+        texts.append(chat_text(record["conversations"], image_text=full_caption(scene)))
     problems, scenes = make_problems(rng, n_problems, "pretrain")
     texts += [
         chat_text(to_instruct(pid, p)["conversations"], image_text=full_caption(scenes[pid]) if pid in scenes else "")

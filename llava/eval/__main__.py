@@ -5,9 +5,11 @@
     python -m llava.eval sqa  --problems-file problems.json --predictions answers.jsonl [--split test]
     python -m llava.eval sqa  --model M --problems-file problems.json --image-folder images/ --split test \\
                               [--save-predictions answers.jsonl]
+    python -m llava.eval look --model checkpoints/llava-shapes-chat [--pictures 150]
 
 The first two draw fresh held-out pictures; the last two read real ScienceQA files (LLaVA's answer
-files are JSON Lines of `{"question_id", "text"}`). Tables go to stdout, `--json` writes the numbers.
+files are JSON Lines of `{"question_id", "text"}`). `look` shows where the model attends when it answers
+about one object (see `llava.eval.look`). Tables go to stdout, `--json` writes the numbers.
 """
 
 from __future__ import annotations
@@ -41,8 +43,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sqa.add_argument("--image-folder", type=Path, help="ScienceQA images: <folder>/<split>/<pid>/image.png")
     sqa.add_argument("--split", default=None, help="keep only problems of this split (e.g. test)")
     sqa.add_argument("--save-predictions", type=Path, help="write the model's answers as LLaVA's .jsonl")
+    look = sub.add_parser("look", help="attention on the object a question names, per layer and head")
+    look.add_argument("--model", required=True)
+    look.add_argument("--pictures", type=int, default=150, help="pictures per look-up")
+    look.add_argument("--seed", type=int, default=77)
+    look.add_argument("--renderer", choices=RENDERERS, default="primary")
     for sp in (chat, sqa):
         sp.add_argument("--renderer", nargs="+", choices=RENDERERS, default=list(RENDERERS))
+    for sp in (chat, sqa, look):
         sp.add_argument("--device", default="cpu")
         sp.add_argument("--json", type=Path, help="also write the results here")
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -110,13 +118,24 @@ def run_sqa(args: argparse.Namespace) -> dict:
     return results
 
 
+def run_look(args: argparse.Namespace) -> dict:
+    from llava.eval.look import LOOKUPS, look, markdown
+    from llava.model.loader import load_pretrained
+
+    loaded = load_pretrained(args.model, device=args.device)
+    looks = [look(loaded, args.pictures, key, args.renderer, args.seed) for key in LOOKUPS]
+    print(f"\n{args.model}: where the model attends when a question names one object ({args.renderer} renderer)\n")
+    print(markdown(looks))
+    return {lk.key: lk.to_json() for lk in looks}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     try:
-        results = run_chat(args) if args.task == "chat" else run_sqa(args)
+        results = {"chat": run_chat, "sqa": run_sqa, "look": run_look}[args.task](args)
     except LlavaError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,146 @@
+"""Where a chat model looks when it answers about one object: attention on that object's patches.
+
+Two look-ups are probed on held-out pictures, each with a teacher-forced answer head:
+
+- `shape`-keyed: "What color is the triangle?" -> "The triangle is" + colour. The model has to find the
+  triangle's patches from the word `triangle`.
+- `color`-keyed: "What shape is the red object?" -> "The red object is a" + shape.
+
+For every layer and head the probe reports the attention share, averaged over pictures, that goes from the
+key word in the question (and from the answer head's last token) to all image tokens and to the patches the
+object's box touches, plus how often the next token names the right colour or shape. A head that finds
+the object puts most of its image attention on it; the original LLaVA demo has no such check.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from llava.conversation import conv_templates
+from llava.data.world import sample_scene
+from llava.eval.chat import draw
+from llava.model.loader import LoadedModel
+from llava.model.tiny import COLORS, SHAPES
+from llava.train.clip import box_cover
+
+LOOKUPS = {  # keyed by: (question, answer head, what is read off the object)
+    "shape": ("What color is the {}?", "The {} is", "color"),
+    "color": ("What shape is the {} object?", "The {} object is a", "shape"),
+}
+
+
+@dataclass(slots=True)
+class Look:
+    key: str  # "shape" or "color": what the question names the object by
+    pictures: int  # pictures that had an object with a unique key value
+    next_token_right: float  # share where the head's next token is the right colour / shape
+    from_word_image: torch.Tensor  # (layers, heads) attention share from the question's key word to image tokens
+    from_word_object: torch.Tensor  # ... to the object's patches
+    from_answer_image: torch.Tensor  # (layers, heads) from the answer head's last token
+    from_answer_object: torch.Tensor
+
+    def best(self) -> tuple[int, int, float, float]:
+        """(layer, head, object share, image share) of the head that puts the most on the object, from the
+        key word or from the answer, whichever is higher."""
+        word, answer = self.from_word_object, self.from_answer_object
+        grid = torch.maximum(word, answer)
+        layer, head = divmod(int(grid.argmax()), grid.shape[1])
+        image = self.from_word_image if word[layer, head] >= answer[layer, head] else self.from_answer_image
+        return layer, head, float(grid[layer, head]), float(image[layer, head])
+
+    def to_json(self) -> dict:
+        layer, head, on_object, on_image = self.best()
+        return {
+            "key": self.key,
+            "pictures": self.pictures,
+            "next_token_right": self.next_token_right,
+            "best_head": {"layer": layer, "head": head, "object": on_object, "image": on_image},
+            "from_word_object": self.from_word_object.tolist(),
+            "from_word_image": self.from_word_image.tolist(),
+            "from_answer_object": self.from_answer_object.tolist(),
+            "from_answer_image": self.from_answer_image.tolist(),
+        }
+
+
+def _word_ids(tokenizer, words: tuple[str, ...]) -> list[int]:
+    """The first token of each word as it follows a space (what the answer's next token is)."""
+    return [tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in words]
+
+
+def _first_end_after(ids: torch.Tensor, word_ids: list[int], start: int) -> int:
+    """The position of the last token of the first occurrence of `word_ids` in `ids` (1-D) after `start`."""
+    n = len(word_ids)
+    for begin in range(start, len(ids) - n + 1):
+        if ids[begin : begin + n].tolist() == word_ids:
+            return begin + n - 1
+    raise ValueError(f"token sequence {word_ids} not in the prompt")
+
+
+@torch.no_grad()
+def look(loaded: LoadedModel, n_pictures: int, key: str, renderer: str = "primary", seed: int = 77) -> Look:
+    """Probe the `key`-keyed look-up (see the module docstring) on `n_pictures` held-out pictures."""
+    if key not in LOOKUPS:
+        raise ValueError(f"unknown look-up {key!r}; use one of {sorted(LOOKUPS)}")
+    question, head, reads = LOOKUPS[key]
+    model, processor = loaded.model, loaded.processor
+    tokenizer = processor.tokenizer
+    candidates = COLORS if reads == "color" else SHAPES
+    candidate_ids = _word_ids(tokenizer, candidates)
+    vision = model.config.vision_config
+    grid = vision.image_size // vision.patch_size
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("eager")  # sdpa returns no attention weights
+    rng = random.Random(seed)
+    sums = torch.zeros(4, model.config.text_config.num_hidden_layers, model.config.text_config.num_attention_heads)
+    right = pictures = 0
+    try:
+        for _ in range(n_pictures):
+            scene = sample_scene(rng)
+            image = draw(scene, renderer, rng)
+            values = [getattr(o, key) for o in scene.objects]
+            unique = [v for v in dict.fromkeys(values) if values.count(v) == 1]
+            if not unique:
+                continue
+            value = rng.choice(unique)
+            obj = next(o for o in scene.objects if getattr(o, key) == value)
+            conv = conv_templates[loaded.template or "llava_v0"].copy()
+            conv.append_message(conv.roles[0], (question.format(value), image, "Default"))
+            conv.append_message(conv.roles[1], None)
+            prompt = f"{conv.get_prompt()} {head.format(value)}"
+            inputs = processor(images=[image], text=prompt, return_tensors="pt").to(model.device)
+            out = model(**inputs, output_attentions=True)
+            ids = inputs["input_ids"][0].cpu()
+            image_pos = (ids == model.config.image_token_id).nonzero().flatten()
+            word = tokenizer(" " + value, add_special_tokens=False)["input_ids"]
+            word_pos = _first_end_after(ids, word, int(image_pos[-1]) + 1)  # the question's key word
+            on_object = (box_cover(obj.box, grid) > 0).float()
+            attention = torch.stack([a[0].float().cpu() for a in out.attentions])  # (layers, heads, from, to)
+            for row, position in ((0, word_pos), (2, -1)):
+                to_image = attention[:, :, position, image_pos]  # (layers, heads, patches)
+                sums[row] += to_image.sum(-1)
+                sums[row + 1] += (to_image * on_object).sum(-1)
+            logits = out.logits[0, -1, candidate_ids]
+            right += candidates[int(logits.argmax())] == getattr(obj, reads)
+            pictures += 1
+    finally:
+        model.set_attn_implementation(previous)
+    mean = sums / max(pictures, 1)
+    return Look(key, pictures, right / max(pictures, 1), mean[0], mean[1], mean[2], mean[3])
+
+
+def markdown(looks: list[Look]) -> str:
+    """One line per look-up: next-token accuracy and the head that finds the object best."""
+    lines = [
+        "| look-up | pictures | next token right (%) | best head (layer.head) | on the object (%) | on the image (%) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for lk in looks:
+        layer, head, on_object, on_image = lk.best()
+        lines.append(
+            f"| {lk.key}-keyed ({LOOKUPS[lk.key][0].format('…')}) | {lk.pictures} | {100 * lk.next_token_right:.1f} "
+            f"| {layer}.{head} | {100 * on_object:.0f} | {100 * on_image:.0f} |"
+        )
+    return "\n".join(lines)

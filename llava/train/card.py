@@ -93,6 +93,14 @@ def write_card(folder: Path, name: str, report, smoke: bool = False) -> Path:
     weights = folder / "model.safetensors"
     mb = weights.stat().st_size / 1e6 if weights.exists() else float("nan")
     clip_checks = report.histories["clip"].evals
+    grounded = report.data.get("chat_grounded_words", 0) if is_chat else 0
+    ground_line = (
+        f" Plus the grounding loss (weight {cfg['stage2']['ground_weight']}) on {grounded:,} token positions: in LM layer 0"
+        " one head learns to attend, from each shape word, to that shape's patches (another from each colour word),"
+        " and in layer 1 a head does the same from the token after a shape word, where the answer about it begins."
+        if grounded
+        else ""
+    )
     clip_line = ", ".join(f"{k} {100 * v[-1][1]:.0f}%" for k, v in sorted(clip_checks.items())) or "not measured"
     evals = report.evals.get(name)
     if evals:
@@ -172,7 +180,7 @@ Weights: {mb:.1f} MB (float32 safetensors).
 - **Stage 1** ({report.data.get("stage1_pairs", 0):,} pairs): `Describe the image concisely.`-style instruction + caption;
   vision tower and LM frozen, the projector learns.
 - **Stage 2** — {"chat: " + format(report.data.get("chat_records", 0), ",") + " LLaVA-Instruct records (" + format(report.data.get("chat_turns", 0), ",") + " question/answer turns) from the rule-based teacher, which reads only captions + boxes: multi-turn conversations (canonical questions and paraphrases), detailed descriptions, complex reasoning (largest, in common, extremes, left of, more than, what if removed)" if is_chat else "ScienceQA: " + format(report.data.get("sqa_problems", 0), ",") + " problems in ScienceQA's `problems.json` schema (picture, text-context and no-context problems), asked as `Question/Context/Options` (QCM) and answered as lecture + explanation + `The answer is X.` (LEA); tuned from the stage-1 model"}.
-  Loss on the assistant's tokens only (answer and `###`), under the `llava_v0` template.
+  Loss on the assistant's tokens only (answer and `###`), under the `llava_v0` template.{ground_line}
 
 {stage_table(report, stage)}
 

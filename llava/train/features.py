@@ -41,8 +41,10 @@ def llava_logits(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     image_features: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hidden states (B, T, H) of the language model with projected image features in the image slots."""
+    keep_layers: int = 1,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Hidden states (B, T, H) of the language model with projected image features in the image slots, and
+    the inputs (B, T, H) of its first `keep_layers` decoder layers (the first is the input embeddings)."""
     embeds = model.get_input_embeddings()(input_ids)  # (B, T, H)
     if image_features is not None and len(image_features):
         projected = model.model.multi_modal_projector(image_features.float())  # (n_img, P, H)
@@ -50,14 +52,20 @@ def llava_logits(
         if int(slots[..., 0].sum()) != projected.shape[0] * projected.shape[1]:
             raise ValueError("image tokens in the batch do not match the number of image features")
         embeds = embeds.masked_scatter(slots, projected.to(embeds.dtype))
-    hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
-    return hidden, embeds
+    deeper = keep_layers > 1
+    out = model.model.language_model(inputs_embeds=embeds, attention_mask=attention_mask, output_hidden_states=deeper)
+    return out.last_hidden_state, out.hidden_states[:keep_layers] if deeper else (embeds,)
 
 
 def llava_loss(model: LlavaForConditionalGeneration, batch: Batch, image_features: torch.Tensor | None) -> torch.Tensor:
     """Mean next-token cross-entropy over the labelled (assistant) tokens."""
     hidden, _ = llava_logits(model, batch.input_ids, batch.attention_mask, image_features)
-    targets = batch.labels[:, 1:]  # position t predicts token t + 1
+    return next_token_loss(model, hidden, batch.labels)
+
+
+def next_token_loss(model: LlavaForConditionalGeneration, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the LM head on hidden states (B, T, H) against labels (B, T), IGNORE skipped."""
+    targets = labels[:, 1:]  # position t predicts token t + 1
     keep = targets != IGNORE
     logits = model.lm_head(hidden[:, :-1][keep])  # (n_targets, vocab): only where there is a loss
     return F.cross_entropy(logits.float(), targets[keep])

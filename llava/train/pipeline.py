@@ -32,6 +32,7 @@ from llava.train.clip import build_clip, pretrain_clip
 from llava.train.config import PipelineConfig
 from llava.train.corpus import build_corpus, lookup_record
 from llava.train.features import vision_features
+from llava.train.ground import grounding_targets
 from llava.train.loop import History
 from llava.train.pixels import normalize, to_uint8
 from llava.train.sequences import Example, encode_record, encode_text
@@ -153,7 +154,14 @@ def train_all(cfg: PipelineConfig, out: Path, keep_stage1: bool = False) -> Repo
         feats, index = _features(model, pictures, processor)
         records = instruct_records(pictures, rng, per_picture=cfg.chat_per_picture)
         examples = _encode(records, tokenizer, n_img, max_len)
-        report.histories["stage2-chat"] = run_stage(model, examples, feats, index, cfg.stage2, progress=cfg.progress)
+        ground = None
+        if cfg.stage2.ground_weight:
+            scenes = {p.name: p.scene for p in pictures}
+            ground = grounding_targets(examples, scenes, tokenizer, config.image_token_id, n_img)
+            report.data["chat_grounded_words"] = sum(map(len, ground))
+        report.histories["stage2-chat"] = run_stage(
+            model, examples, feats, index, cfg.stage2, progress=cfg.progress, ground=ground
+        )
         report.data["chat_records"] = len(records)
         report.data["chat_turns"] = sum(len(r["conversations"]) // 2 for r in records)
         save_checkpoint(model, processor, out / CHAT_NAME)

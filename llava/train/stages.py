@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 from transformers import LlamaForCausalLM, LlavaForConditionalGeneration
 
-from llava.train.features import llava_loss
+from llava.train.features import llava_logits, next_token_loss
+from llava.train.ground import Target, grounding_loss, layers_needed
 from llava.train.loop import History, OptimConfig, train
 from llava.train.sequences import IGNORE, Example, collate, length_grouped_batches
 
@@ -25,6 +26,7 @@ class StageConfig:
     optim: OptimConfig
     train_lm: bool  # False: only the projector learns (stage 1); True: projector + language model
     seed: int = 0
+    ground_weight: float = 0.0  # weight of the grounding loss (llava.train.ground); 0: next-token loss only
 
 
 def set_trainable(model: LlavaForConditionalGeneration, train_lm: bool) -> int:
@@ -48,20 +50,32 @@ def run_stage(
     evaluate: Callable[[int], dict[str, float]] | None = None,
     eval_every: int = 0,
     progress: bool = True,
+    ground: Sequence[Sequence[Target]] | None = None,
 ) -> History:
-    """Train on `examples`, whose pictures' features are rows of `features` named by `feature_index`."""
+    """Train on `examples`, whose pictures' features are rows of `features` named by `feature_index`;
+    `ground[i]` are the grounding targets of `examples[i]` (needed when `cfg.ground_weight` > 0)."""
     missing = {e.image for e in examples if e.image is not None and e.image not in feature_index}
     if missing:
         raise KeyError(f"{len(missing)} pictures have no cached features, e.g. {sorted(missing)[:3]}")
+    if cfg.ground_weight and (ground is None or len(ground) != len(examples)):
+        raise ValueError(f"{cfg.name}: ground_weight={cfg.ground_weight} needs grounding targets for every example")
+    keep = layers_needed(ground) if cfg.ground_weight else 1
     set_trainable(model, cfg.train_lm)
     model.train()
     batches = length_grouped_batches(examples, cfg.batch_size, random.Random(cfg.seed))
     pad = model.config.text_config.pad_token_id
 
     def loss_fn(step: int) -> torch.Tensor:
-        batch = collate([examples[i] for i in next(batches)], pad)
+        chosen = next(batches)
+        batch = collate([examples[i] for i in chosen], pad)
         rows = [feature_index[name] for name in batch.images]
-        return llava_loss(model, batch, features[rows] if rows else None)
+        image_features = features[rows] if rows else None
+        hidden, layer_inputs = llava_logits(model, batch.input_ids, batch.attention_mask, image_features, keep)
+        loss = next_token_loss(model, hidden, batch.labels)
+        if cfg.ground_weight:
+            targets = [ground[i] for i in chosen]
+            loss = loss + cfg.ground_weight * grounding_loss(model, layer_inputs, batch.attention_mask, targets)
+        return loss
 
     history = train(model.parameters(), loss_fn, cfg.optim, cfg.name, evaluate, eval_every, progress)
     model.eval()

@@ -1,0 +1,136 @@
+"""Grounding supervision: the right words get the right patches, the hand-made attention is the model's own
+in every layer, and the loss teaches the heads to look where they are told."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+from llava.data import teacher
+from llava.data.build import instruct_records, make_pictures
+from llava.data.world import Scene, SceneObject
+from llava.train.clip import box_cover
+from llava.train.features import llava_logits, vision_features
+from llava.train.ground import (
+    COLOR_HEAD,
+    NEXT_HEAD,
+    SHAPE_HEAD,
+    attention_logprobs,
+    example_targets,
+    grounding_loss,
+    grounding_targets,
+    word_ids,
+)
+from llava.train.loop import OptimConfig
+from llava.train.pixels import normalize, to_uint8
+from llava.train.sequences import collate, encode_record
+from llava.train.stages import StageConfig, run_stage
+
+
+@pytest.fixture(scope="module")
+def parts(tiny_ckpt):
+    processor = AutoProcessor.from_pretrained(tiny_ckpt)
+    model = LlavaForConditionalGeneration.from_pretrained(tiny_ckpt, attn_implementation="eager").eval()
+    return processor, model
+
+
+def _scene() -> Scene:
+    objects = (
+        SceneObject("triangle", "red", "large", (0.0, 0.0, 0.5, 0.5)),
+        SceneObject("triangle", "blue", "small", (0.5, 0.5, 0.75, 0.75)),
+        SceneObject("circle", "blue", "small", (0.75, 0.0, 1.0, 0.25)),
+    )
+    return Scene(objects=objects)
+
+
+def _features(model, processor, pictures):
+    pixels = to_uint8([p.image() for p in pictures], processor.image_processor)
+    return vision_features(model, pixels, lambda x: normalize(x, processor.image_processor))
+
+
+def test_words_get_the_patches_of_their_objects(parts):
+    processor, model = parts
+    tok, n_img = processor.tokenizer, model.config.image_seq_length
+    qas = [
+        ("What color is the triangle?", "There are two triangles: red and blue."),
+        ("Is the blue triangle small?", "No."),
+    ]
+    example = encode_record(teacher.to_record("r", "x.png", qas + [("A square?", "No.")]), tok, n_img)
+    targets = example_targets(example, _scene(), word_ids(tok), model.config.image_token_id, n_img)
+    words = [tok.decode([example.input_ids[t.position]]).strip().removesuffix("###") for t in targets]
+    # "square" has nothing to look at; after each shape word its next token looks at the same objects,
+    # narrowed to the colour named right before it ("blue triangle" -> only the blue one)
+    assert words == ["triangle", "?", "triangles", ":", "red", "blue", "blue", "triangle", "small"]
+    assert [(t.layer, t.head) for t in targets] == [
+        SHAPE_HEAD, NEXT_HEAD, SHAPE_HEAD, NEXT_HEAD, COLOR_HEAD, COLOR_HEAD, COLOR_HEAD, SHAPE_HEAD, NEXT_HEAD
+    ]  # fmt: skip
+    looked_at = [(0, 1), (0, 1), (0, 1), (0, 1), (0,), (1, 2), (1, 2), (0, 1), (1,)]
+    start = example.input_ids.index(model.config.image_token_id)
+    grid = int(n_img**0.5)
+    for t, objects in zip(targets, looked_at, strict=True):
+        assert t.image_start == start
+        assert torch.isclose(t.patches.sum(), torch.tensor(1.0))
+        inside = sum(box_cover(_scene().objects[k].box, grid) for k in objects) > 0
+        assert torch.all(t.patches[~inside] == 0) and torch.all(t.patches[inside] > 0)
+    text_only = encode_record(teacher.to_record("t", None, [("A triangle?", "Yes.")]), tok, n_img)
+    assert grounding_targets([text_only], {}, tok, model.config.image_token_id, n_img) == [[]]
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_hand_made_attention_is_the_models_own(parts, layer):
+    processor, model = parts
+    rng = random.Random(5)
+    pictures = make_pictures(rng, 2, "g")
+    n_img = model.config.image_seq_length
+    examples = [encode_record(r, processor.tokenizer, n_img) for r in instruct_records(pictures, rng)]
+    assert len(examples[0].input_ids) != len(examples[1].input_ids), "want a padded row"
+    batch = collate(examples, processor.tokenizer.pad_token_id)
+    feats = _features(model, processor, pictures).float()
+    with torch.no_grad():
+        _, layer_inputs = llava_logits(model, batch.input_ids, batch.attention_mask, feats, keep_layers=2)
+        eager = model.model.language_model(
+            inputs_embeds=layer_inputs[0], attention_mask=batch.attention_mask, output_attentions=True
+        ).attentions[layer]  # (B, heads, T, T)
+        rows, positions, heads = [], [], []
+        for b, e in enumerate(examples):
+            for p in (n_img + 3, len(e.input_ids) // 2, len(e.input_ids) - 1):
+                for h in range(model.config.text_config.num_attention_heads):
+                    rows.append(b), positions.append(p), heads.append(h)
+        rows, positions, heads = map(torch.tensor, (rows, positions, heads))
+        logp = attention_logprobs(model, layer_inputs[layer], layer, batch.attention_mask, rows, positions, heads)
+    assert torch.allclose(logp.exp(), eager[rows, heads, positions], atol=1e-5)
+
+
+def test_grounding_loss_teaches_the_head_to_look(tiny_ckpt):
+    processor = AutoProcessor.from_pretrained(tiny_ckpt)
+    model = LlavaForConditionalGeneration.from_pretrained(tiny_ckpt)
+    rng = random.Random(7)
+    pictures = make_pictures(rng, 16, "g")
+    n_img, image_id = model.config.image_seq_length, model.config.image_token_id
+    examples = [encode_record(r, processor.tokenizer, n_img) for r in instruct_records(pictures, rng)]
+    scenes = {p.name: p.scene for p in pictures}
+    ground = grounding_targets(examples, scenes, processor.tokenizer, image_id, n_img)
+    assert sum(map(len, ground)) > 16
+    feats = _features(model, processor, pictures)
+    index = {p.name: i for i, p in enumerate(pictures)}
+    batch = collate(examples, processor.tokenizer.pad_token_id)
+
+    def measure(layer: int) -> float:
+        only = [[t for t in row if t.layer == layer] for row in ground]
+        with torch.no_grad():
+            feats_in = feats[[index[n] for n in batch.images]]
+            _, layer_inputs = llava_logits(model, batch.input_ids, batch.attention_mask, feats_in, keep_layers=2)
+            return float(grounding_loss(model, layer_inputs, batch.attention_mask, only))
+
+    before = [measure(0), measure(1)]
+    cfg = StageConfig("t", 8, OptimConfig(steps=30, lr=3e-3, warmup=1), train_lm=True, ground_weight=1.0)
+    run_stage(model, examples, feats, index, cfg, progress=False, ground=ground)
+    after = [measure(0), measure(1)]
+    assert after[0] < 0.8 * before[0] and after[1] < 0.8 * before[1], (before, after)
+    with pytest.raises(ValueError, match="only 1 layer inputs kept"):
+        grounding_loss(model, (torch.zeros(len(examples), batch.input_ids.shape[1], 8),), batch.attention_mask, ground)
+    with pytest.raises(ValueError, match="grounding targets"):
+        run_stage(model, examples, feats, index, cfg, progress=False)

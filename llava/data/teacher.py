@@ -218,6 +218,10 @@ CONVERSATION_QUESTIONS: tuple[Callable[[list[Item], random.Random], QA | None], 
     ask_where,
     ask_size,
 )
+# How often a conversation turn asks each of them: the shape-keyed colour look-up and counting one kind
+# are the hardest skills for the model, so they come up more often (3 and 2 in 10 turns).
+CONVERSATION_WEIGHTS: tuple[float, ...] = (3, 1, 1, 2, 1, 1, 1)
+assert len(CONVERSATION_WEIGHTS) == len(CONVERSATION_QUESTIONS)
 
 
 def conversation(items: list[Item], rng: random.Random, turns: tuple[int, int] = (2, 5)) -> list[QA]:
@@ -225,7 +229,7 @@ def conversation(items: list[Item], rng: random.Random, turns: tuple[int, int] =
     n = rng.randint(*turns)
     out: list[QA] = []
     for _ in range(4 * n):
-        qa = rng.choice(CONVERSATION_QUESTIONS)(items, rng)
+        qa = rng.choices(CONVERSATION_QUESTIONS, CONVERSATION_WEIGHTS)[0](items, rng)
         if qa and qa[0] not in {q for q, _ in out}:
             out.append(qa)
         if len(out) == n:

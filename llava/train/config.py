@@ -49,7 +49,11 @@ class PipelineConfig:
     chat_per_picture: int = 1  # instruction records per picture
     stage2: StageConfig = field(
         default_factory=lambda: StageConfig(
-            "stage2-chat", 32, OptimConfig(steps=1500, lr=1e-3, warmup=60, weight_decay=0.0), train_lm=True
+            "stage2-chat",
+            32,
+            OptimConfig(steps=1500, lr=1e-3, warmup=60, weight_decay=0.0),
+            train_lm=True,
+            ground_weight=0.3,  # where layers 0-1 look (llava.train.ground): colour 52 -> 93%
         )
     )
     sqa_problems: int = 8000
@@ -85,7 +89,7 @@ class PipelineConfig:
             stage1_pictures=48,
             stage1=StageConfig("stage1", 8, quick, train_lm=False),
             chat_pictures=48,
-            stage2=StageConfig("stage2-chat", 8, quick, train_lm=True),
+            stage2=StageConfig("stage2-chat", 8, quick, train_lm=True, ground_weight=0.3),
             sqa_problems=48,
             sqa_lookups=8,
             sqa=StageConfig("stage2-sqa", 8, quick, train_lm=True),

@@ -4,9 +4,10 @@
     python -m llava.train.pipeline --out /tmp/smoke --smoke      # every stage, tiny, for the tests
 
 1. corpus + BPE tokenizer   2. CLIP pre-training (contrastive: captions, object regions, patches)   3. LM pre-training (text)
-4. stage 1: projector only, picture/caption pairs   5. stage 2: projector + LM on instruction data -> chat
-6. from stage 1 again: projector + LM on ScienceQA-format data -> sqa   7. held-out evaluation on both
-renderers, model cards and training curves written into each checkpoint folder.
+4. stage 1: projector only, picture/caption pairs
+5. stage 2: projector + LM on instruction data, plus the grounding loss (llava.train.ground) -> chat
+6. from stage 1 again: projector + LM on ScienceQA-format data -> sqa
+7. held-out evaluation on both renderers, model cards and training curves written into each checkpoint folder.
 """
 
 from __future__ import annotations

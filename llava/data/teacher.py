@@ -209,19 +209,17 @@ def ask_brief(items: list[Item], rng: random.Random, context: SceneContext | Non
     return _pick(rng, BRIEF_QUESTIONS), caption
 
 
-CONVERSATION_QUESTIONS: tuple[Callable[[list[Item], random.Random], QA | None], ...] = (
-    ask_color,
-    ask_shape,
-    ask_count_all,
-    ask_count_some,
-    ask_exists,
-    ask_where,
-    ask_size,
-)
-# How often a conversation turn asks each of them: the shape-keyed colour look-up and counting one kind
-# are the hardest skills for the model, so they come up more often (3 and 2 in 10 turns).
-CONVERSATION_WEIGHTS: tuple[float, ...] = (3, 1, 1, 2, 1, 1, 1)
-assert len(CONVERSATION_WEIGHTS) == len(CONVERSATION_QUESTIONS)
+# The questions of a conversation turn and how often each comes up: the shape-keyed colour look-up and
+# counting one kind are the hardest skills for the model, so they are asked more (3 and 2 in 10 turns).
+CONVERSATION_QUESTIONS: dict[Callable[[list[Item], random.Random], QA | None], float] = {
+    ask_color: 3,
+    ask_shape: 1,
+    ask_count_all: 1,
+    ask_count_some: 2,
+    ask_exists: 1,
+    ask_where: 1,
+    ask_size: 1,
+}
 
 
 def conversation(items: list[Item], rng: random.Random, turns: tuple[int, int] = (2, 5)) -> list[QA]:
@@ -229,7 +227,8 @@ def conversation(items: list[Item], rng: random.Random, turns: tuple[int, int] =
     n = rng.randint(*turns)
     out: list[QA] = []
     for _ in range(4 * n):
-        qa = rng.choices(CONVERSATION_QUESTIONS, CONVERSATION_WEIGHTS)[0](items, rng)
+        ask = rng.choices(list(CONVERSATION_QUESTIONS), list(CONVERSATION_QUESTIONS.values()))[0]
+        qa = ask(items, rng)
         if qa and qa[0] not in {q for q, _ in out}:
             out.append(qa)
         if len(out) == n:

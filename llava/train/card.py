@@ -93,7 +93,7 @@ def write_card(folder: Path, name: str, report, smoke: bool = False) -> Path:
     weights = folder / "model.safetensors"
     mb = weights.stat().st_size / 1e6 if weights.exists() else float("nan")
     clip_checks = report.histories["clip"].evals
-    grounded = report.data.get("chat_grounded_words", 0) if is_chat else 0
+    grounded = report.data.get("chat_grounded_positions", 0) if is_chat else 0
     ground_line = (
         f" Plus the grounding loss (weight {cfg['stage2']['ground_weight']}) on {grounded:,} token positions: in LM layer 0"
         " one head learns to attend, from each shape word, to that shape's patches (another from each colour word),"

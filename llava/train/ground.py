@@ -144,10 +144,9 @@ def grounding_loss(
     flat = [(b, t) for b, row in enumerate(targets) for t in row]
     if not flat:
         return layer_inputs[0].new_zeros(())
-    if layers_needed(targets) > len(layer_inputs):
-        raise ValueError(
-            f"targets reach layer {layers_needed(targets) - 1}; only {len(layer_inputs)} layer inputs kept"
-        )
+    needed = layers_needed(targets)
+    if needed > len(layer_inputs):
+        raise ValueError(f"targets reach layer {needed - 1}; only {len(layer_inputs)} layer inputs kept")
     losses = []
     for layer in sorted({t.layer for _, t in flat}):
         here = [(b, t) for b, t in flat if t.layer == layer]

@@ -159,7 +159,7 @@ def train_all(cfg: PipelineConfig, out: Path, keep_stage1: bool = False) -> Repo
         if cfg.stage2.ground_weight:
             scenes = {p.name: p.scene for p in pictures}
             ground = grounding_targets(examples, scenes, tokenizer, config.image_token_id, n_img)
-            report.data["chat_grounded_words"] = sum(map(len, ground))
+            report.data["chat_grounded_positions"] = sum(map(len, ground))
         report.histories["stage2-chat"] = run_stage(
             model, examples, feats, index, cfg.stage2, progress=cfg.progress, ground=ground
         )

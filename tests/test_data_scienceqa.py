@@ -62,6 +62,15 @@ def test_answers_are_right_about_the_pictures(problems):
     assert checked > 30
 
 
+def test_every_solution_ends_by_naming_the_right_option(problems):
+    """The letter is then a look-up of what was just said (llava.train.ground.option_targets)."""
+    from llava.eval.sqa import explained_option
+
+    probs, _ = problems
+    for pid, p in probs.items():
+        assert explained_option(lea_answer(p), p["choices"]) == p["answer"], (pid, p["solution"], p["choices"])
+
+
 def test_qcm_and_lea_forms():
     p = {
         "question": "Which shape is red?",

@@ -29,7 +29,9 @@ Maker = Callable[[list[Item], random.Random], Problem | None]
 
 
 def _problem(question: str, correct: str, wrong: list[str], rng: random.Random, **fields: Any) -> Problem:
-    """Shuffle the options; `answer` is the index of `correct`."""
+    """Shuffle the options; `answer` is the index of `correct`. Every solution's last sentence names the
+    correct option in the option's own words, so "The answer is X." follows from a look-up of what was
+    just said (see `llava.train.ground.option_targets`)."""
     choices = [correct, *wrong]
     rng.shuffle(choices)
     base = {"hint": "", "image": None, "task": "closed choice", "category": fields.get("topic", "")}
@@ -99,7 +101,7 @@ def count_kind(items: list[Item], rng: random.Random) -> Problem:
     return _problem(
         f"How many {noun} are in the picture?", number_word(n), _numbers(n, rng, low=0), rng, subject="numbers",
         topic="counting", grade="grade3", skill="count objects by kind", lecture=LECTURES["numbers"],
-        solution=f"Count only the {noun}. There {_are(n)} {number_word(n) if n else 'none'}.",
+        solution=f"Count only the {noun}. There {_are(n)} {number_word(n)}.",
     )  # fmt: skip
 
 
@@ -114,7 +116,7 @@ def largest(items: list[Item], rng: random.Random) -> Problem | None:
     return _problem(
         "Which shape is the largest?", f"the {large[0].name}", rng.sample(others, min(2, len(others))), rng,
         subject="shapes", topic="size", grade="grade4", skill="compare sizes", lecture=LECTURES["size"],
-        solution=f"The {large[0].name} is large and the other shapes are small.",
+        solution=f"The other shapes are small, so the largest is the {large[0].name}.",
     )  # fmt: skip
 
 
@@ -131,7 +133,7 @@ def extreme(items: list[Item], rng: random.Random) -> Problem | None:
     return _problem(
         f"Which object is {word}?", f"the {best.name}", rng.sample(others, min(2, len(others))), rng,
         subject="space", topic="position", grade="grade5", skill="compare positions", lecture=LECTURES["space"],
-        solution=f"The {best.name} is {best.where}, so it is {word}.",
+        solution=f"The {best.name} is {best.where}. So the object {word} is the {best.name}.",
     )  # fmt: skip
 
 
@@ -141,7 +143,7 @@ def present(items: list[Item], rng: random.Random) -> Problem:
     return _problem(
         "Which of these shapes is in the picture?", _a(item.name), [_a(a) for a in rng.sample(absent, 2)], rng,
         subject="shapes", topic="shape", grade="grade2", skill="find objects", lecture=LECTURES["shapes"],
-        solution=f"Look at the picture. There is {_a(item.name)}; the other two are not there.",
+        solution=f"Look at the picture. The other two are not there. There is {_a(item.name)}.",
     )  # fmt: skip
 
 
@@ -178,7 +180,7 @@ def fact(rng: random.Random) -> Problem:
         return _problem(
             f"How many corners does a {shape} have?", number_word(n), wrong, rng, subject="shapes",
             topic="geometry", grade="grade3", skill="shape properties", lecture=LECTURES["shapes"],
-            solution=f"{_a(shape).capitalize()} has {number_word(n) if n else 'no'} corners.",
+            solution=f"{_a(shape).capitalize()} has {number_word(n)} corners.",
         )  # fmt: skip
     if kind == 1:
         shape = rng.choice(SHAPES)
@@ -194,7 +196,7 @@ def fact(rng: random.Random) -> Problem:
         return _problem(
             "Which of these words names a color?", color, rng.sample(SHAPES, 2), rng, subject="colors",
             topic="color words", grade="grade2", skill="word meaning", lecture=LECTURES["colors"],
-            solution=f"{color.capitalize()} is a color. The other words name shapes.",
+            solution=f"The other words name shapes. The word {color} names a color.",
         )  # fmt: skip
     (a, b), mix = rng.choice(list(MIXES.items()))
     return _problem(

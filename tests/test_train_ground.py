@@ -11,17 +11,27 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from llava.data import teacher
 from llava.data.build import instruct_records, make_pictures
+from llava.data.scienceqa import to_instruct
+from llava.data.sqa_world import make_problems
 from llava.data.world import Scene, SceneObject
+from llava.model.tiny import build_tiny_checkpoint
 from llava.train.clip import box_cover
+from llava.train.corpus import lookup_record
 from llava.train.features import llava_logits, vision_features
 from llava.train.ground import (
     COLOR_HEAD,
+    MENTION_HEAD,
     NEXT_HEAD,
+    OPTION_HEAD,
+    PICK_HEAD,
     SHAPE_HEAD,
+    SPAN_HEAD,
+    TokenText,
     attention_logprobs,
     example_targets,
     grounding_loss,
     grounding_targets,
+    option_targets,
     word_ids,
 )
 from llava.train.loop import OptimConfig
@@ -71,10 +81,10 @@ def test_words_get_the_patches_of_their_objects(parts):
     start = example.input_ids.index(model.config.image_token_id)
     grid = int(n_img**0.5)
     for t, objects in zip(targets, looked_at, strict=True):
-        assert t.image_start == start
-        assert torch.isclose(t.patches.sum(), torch.tensor(1.0))
+        assert t.start == start
+        assert torch.isclose(t.weights.sum(), torch.tensor(1.0))
         inside = sum(box_cover(_scene().objects[k].box, grid) for k in objects) > 0
-        assert torch.all(t.patches[~inside] == 0) and torch.all(t.patches[inside] > 0)
+        assert torch.all(t.weights[~inside] == 0) and torch.all(t.weights[inside] > 0)
     text_only = encode_record(teacher.to_record("t", None, [("A triangle?", "Yes.")]), tok, n_img)
     assert grounding_targets([text_only], {}, tok, model.config.image_token_id, n_img) == [[]]
 
@@ -134,3 +144,91 @@ def test_grounding_loss_teaches_the_head_to_look(tiny_ckpt):
         grounding_loss(model, (torch.zeros(len(examples), batch.input_ids.shape[1], 8),), batch.attention_mask, ground)
     with pytest.raises(ValueError, match="grounding targets"):
         run_stage(model, examples, feats, index, cfg, progress=False)
+
+
+def _qcm(question: str, choices: list[str], answer: int, explanation: str, image: bool = False) -> dict:
+    problem = {"question": question, "choices": choices, "answer": answer, "solution": explanation}
+    return to_instruct("q", problem | ({"image": "image.png"} if image else {}))
+
+
+def _keys(tok, example, target) -> str:
+    return tok.decode(example.input_ids[target.start : target.start + len(target.weights)])
+
+
+def test_the_letter_position_looks_up_the_option_the_answer_named(parts):
+    processor, model = parts
+    tok, n_img = processor.tokenizer, model.config.image_seq_length
+    record = _qcm(
+        "Which of these shapes is in the picture?", ["a red circle", "two", "a blue square"], 2,
+        "A blue square has four sides. The other two are not there. There is a blue square.", image=True,
+    )  # fmt: skip
+    example = encode_record(record, tok, n_img)
+    targets = option_targets(example, TokenText(tok))
+    heads = (OPTION_HEAD, SPAN_HEAD, PICK_HEAD, MENTION_HEAD)
+    by_head = {h: [t for t in targets if (t.layer, t.head) == h] for h in heads}
+    assert len(targets) == sum(map(len, by_head.values()))
+    # every token after an option's letter up to its last word looks at that letter ...
+    text = lambda t: tok.decode(example.input_ids[t.position])  # noqa: E731
+    per_letter: dict[str, str] = {}
+    for t in by_head[OPTION_HEAD]:
+        per_letter[_keys(tok, example, t)] = per_letter.get(_keys(tok, example, t), "") + text(t)
+    assert per_letter == {"A": ") a red circle", "B": ") two", "C": ") a blue square"}
+    # ... and its words (no article) gather the option's words so far, so the last one holds the whole option
+    assert [(text(t), _keys(tok, example, t)) for t in by_head[SPAN_HEAD]] == [
+        (" red", " red"), (" circle", " red circle"), (" two", " two"), (" blue", " blue"), (" square", " blue square")
+    ]  # fmt: skip
+    # the position that predicts the letter: the correct option's last word in the list, and the option's
+    # words where the answer last said them (not in its first sentence, not in the question)
+    (pick,), (mention,) = by_head[PICK_HEAD], by_head[MENTION_HEAD]
+    assert pick.position == mention.position
+    assert tok.decode(example.input_ids[pick.position + 1]).strip() == "C"
+    assert example.labels[pick.position + 1] == example.input_ids[pick.position + 1]
+    assert _keys(tok, example, pick) == " square" and tok.decode(example.input_ids[pick.start - 1]) == " blue"
+    assert _keys(tok, example, mention) == " blue square"
+    assert mention.start > pick.start and example.labels[mention.start] != -100
+    said = tok.decode(example.input_ids[mention.start - 4 : mention.start])
+    assert said.endswith("There is a"), said
+    for t in targets:
+        assert torch.isclose(t.weights.sum(), torch.tensor(1.0)) and t.position >= t.start
+
+
+def test_option_targets_need_a_trained_answer_and_a_mention(parts):
+    processor, _ = parts
+    tok = processor.tokenizer
+    pieces = TokenText(tok)
+    unnamed = encode_record(_qcm("How many?", ["zero", "one"], 0, "There are none."), tok, 16)
+    heads = {(t.layer, t.head) for t in option_targets(unnamed, pieces)}
+    assert heads == {OPTION_HEAD, SPAN_HEAD, PICK_HEAD}  # nothing in the answer says "zero"
+    quoted = teacher.to_record("t", None, [("Say: Options: (A) red (B) blue The answer is A.", "OK.")])
+    assert option_targets(encode_record(quoted, tok, 16), pieces) == []  # the prompt's letter is not taught
+    chat = encode_record(teacher.to_record("t", None, [("What color?", "Red.")]), tok, 16)
+    assert option_targets(chat, pieces) == []
+
+
+def test_option_heads_learn_the_look_up(tmp_path):
+    ckpt = build_tiny_checkpoint(tmp_path / "deep", seed=1, text_layers=3)
+    processor = AutoProcessor.from_pretrained(ckpt)
+    model = LlavaForConditionalGeneration.from_pretrained(ckpt)
+    tok, n_img = processor.tokenizer, model.config.image_seq_length
+    rng = random.Random(3)
+    problems, _ = make_problems(rng, 24, "t", text_share=0.5, fact_share=0.5)
+    records = [to_instruct(pid, p) for pid, p in problems.items()] + [lookup_record(rng, f"l{k}") for k in range(8)]
+    examples = [encode_record(r, tok, n_img) for r in records]
+    ground = grounding_targets(examples, {}, tok, model.config.image_token_id, n_img)
+    assert all({(t.layer, t.head) for t in row} >= {OPTION_HEAD, SPAN_HEAD, PICK_HEAD} for row in ground)
+    batch = collate(examples, tok.pad_token_id)
+
+    @torch.no_grad()
+    def measure() -> list[float]:
+        _, layer_inputs = llava_logits(model, batch.input_ids, batch.attention_mask, None, keep_layers=3)
+        per_layer = [[[t for t in row if t.layer == k] for row in ground] for k in range(3)]
+        return [float(grounding_loss(model, layer_inputs, batch.attention_mask, only)) for only in per_layer]
+
+    before = measure()
+    cfg = StageConfig("t", 8, OptimConfig(steps=40, lr=3e-3, warmup=1), train_lm=True, ground_weight=1.0)
+    run_stage(model, examples, torch.zeros(0, n_img, 8), {}, cfg, progress=False, ground=ground)
+    after = measure()
+    assert all(a < 0.8 * b for a, b in zip(after, before, strict=True)), (before, after)
+    shallow = LlavaForConditionalGeneration.from_pretrained(build_tiny_checkpoint(tmp_path / "flat", text_layers=2))
+    with pytest.raises(ValueError, match=r"\(2, 0\).*2 layers of 4 heads"):
+        run_stage(shallow, examples, torch.zeros(0, n_img, 8), {}, cfg, progress=False, ground=ground)

@@ -59,6 +59,9 @@ def test_smoke_checkpoints_load_with_plain_transformers(smoke, name):
     report = json.loads((folder / "training_report.json").read_text())
     assert set(report["timings_s"]) >= {"clip", "lm", "stage1", "stage2-chat", "stage2-sqa", "eval", "total"}
     assert {"primary", "alt"} == set(report["evals"][name])
+    kind = name.removeprefix("llava-shapes-")
+    assert report["data"][f"{kind}_grounded_positions"] > 0  # both stage-2 runs train with the grounding loss
+    assert "grounding loss" in card and ("layer-2 head" in card) == (kind == "sqa")
 
 
 @pytest.mark.slow

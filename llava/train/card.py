@@ -93,14 +93,21 @@ def write_card(folder: Path, name: str, report, smoke: bool = False) -> Path:
     weights = folder / "model.safetensors"
     mb = weights.stat().st_size / 1e6 if weights.exists() else float("nan")
     clip_checks = report.histories["clip"].evals
-    grounded = report.data.get("chat_grounded_positions", 0) if is_chat else 0
+    grounded = report.data.get(f"{'chat' if is_chat else 'sqa'}_grounded_positions", 0)
+    weight = cfg["stage2" if is_chat else "sqa"]["ground_weight"]
     ground_line = (
-        f" Plus the grounding loss (weight {cfg['stage2']['ground_weight']}) on {grounded:,} token positions: in LM layer 0"
+        f" Plus the grounding loss (weight {weight}) on {grounded:,} token positions: in LM layer 0"
         " one head learns to attend, from each shape word, to that shape's patches (another from each colour word),"
         " and in layer 1 a head does the same from the token after a shape word, where the answer about it begins."
         if grounded
         else ""
     )
+    if grounded and not is_chat:
+        ground_line += (
+            " For the letter, in layer 0 each option's tokens attend to its letter and to its words so far; where the"
+            " letter is predicted, a layer-1 head attends to where the answer named the correct option and a layer-2"
+            " head to that option's last word in the list."
+        )
     clip_line = ", ".join(f"{k} {100 * v[-1][1]:.0f}%" for k, v in sorted(clip_checks.items())) or "not measured"
     evals = report.evals.get(name)
     if evals:

@@ -6,7 +6,7 @@
 1. corpus + BPE tokenizer   2. CLIP pre-training (contrastive: captions, object regions, patches)   3. LM pre-training (text)
 4. stage 1: projector only, picture/caption pairs
 5. stage 2: projector + LM on instruction data, plus the grounding loss (llava.train.ground) -> chat
-6. from stage 1 again: projector + LM on ScienceQA-format data -> sqa
+6. from stage 1 again: projector + LM on ScienceQA-format data, grounding + option look-ups -> sqa
 7. held-out evaluation on both renderers, model cards and training curves written into each checkpoint folder.
 """
 
@@ -33,11 +33,11 @@ from llava.train.clip import build_clip, pretrain_clip
 from llava.train.config import PipelineConfig
 from llava.train.corpus import build_corpus, lookup_record
 from llava.train.features import vision_features
-from llava.train.ground import grounding_targets
+from llava.train.ground import Target, grounding_targets
 from llava.train.loop import History
 from llava.train.pixels import normalize, to_uint8
 from llava.train.sequences import Example, encode_record, encode_text
-from llava.train.stages import pretrain_lm, run_stage
+from llava.train.stages import StageConfig, pretrain_lm, run_stage
 
 CHAT_NAME, SQA_NAME = "llava-shapes-chat", "llava-shapes-sqa"
 
@@ -88,6 +88,18 @@ def _features(model, pictures: list[Picture], processor) -> tuple[torch.Tensor, 
     pixels = _pixels(pictures, processor)
     feats = vision_features(model, pixels, lambda x: normalize(x, processor.image_processor))
     return feats, {p.name: i for i, p in enumerate(pictures)}
+
+
+def _grounding(
+    stage: StageConfig, examples: list[Example], pictures: list[Picture], tokenizer, config, report: Report, name: str
+) -> list[list[Target]] | None:
+    """The stage's grounding targets (None when its loss is off); their count goes into the report."""
+    if not stage.ground_weight:
+        return None
+    scenes = {p.name: p.scene for p in pictures}
+    ground = grounding_targets(examples, scenes, tokenizer, config.image_token_id, config.image_seq_length)
+    report.data[f"{name}_grounded_positions"] = sum(map(len, ground))
+    return ground
 
 
 def count_params(module: torch.nn.Module) -> int:
@@ -155,11 +167,7 @@ def train_all(cfg: PipelineConfig, out: Path, keep_stage1: bool = False) -> Repo
         feats, index = _features(model, pictures, processor)
         records = instruct_records(pictures, rng, per_picture=cfg.chat_per_picture)
         examples = _encode(records, tokenizer, n_img, max_len)
-        ground = None
-        if cfg.stage2.ground_weight:
-            scenes = {p.name: p.scene for p in pictures}
-            ground = grounding_targets(examples, scenes, tokenizer, config.image_token_id, n_img)
-            report.data["chat_grounded_positions"] = sum(map(len, ground))
+        ground = _grounding(cfg.stage2, examples, pictures, tokenizer, config, report, "chat")
         report.histories["stage2-chat"] = run_stage(
             model, examples, feats, index, cfg.stage2, progress=cfg.progress, ground=ground
         )
@@ -175,7 +183,10 @@ def train_all(cfg: PipelineConfig, out: Path, keep_stage1: bool = False) -> Repo
         records = [to_instruct(pid, p) for pid, p in problems.items()]
         records += [lookup_record(rng, f"lookup-{k}") for k in range(cfg.sqa_lookups)]
         examples = _encode(records, tokenizer, n_img, max_len)
-        report.histories["stage2-sqa"] = run_stage(model, examples, feats, index, cfg.sqa, progress=cfg.progress)
+        ground = _grounding(cfg.sqa, examples, pictures, tokenizer, config, report, "sqa")
+        report.histories["stage2-sqa"] = run_stage(
+            model, examples, feats, index, cfg.sqa, progress=cfg.progress, ground=ground
+        )
         report.data["sqa_problems"] = len(problems)
         report.data["sqa_lookups"] = cfg.sqa_lookups
         save_checkpoint(model, processor, out / SQA_NAME)

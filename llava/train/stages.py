@@ -14,7 +14,7 @@ import torch
 from transformers import LlamaForCausalLM, LlavaForConditionalGeneration
 
 from llava.train.features import llava_logits, next_token_loss
-from llava.train.ground import Target, grounding_loss, layers_needed
+from llava.train.ground import Target, check_heads, grounding_loss, layers_needed
 from llava.train.loop import History, OptimConfig, train
 from llava.train.sequences import IGNORE, Example, collate, length_grouped_batches
 
@@ -59,6 +59,8 @@ def run_stage(
         raise KeyError(f"{len(missing)} pictures have no cached features, e.g. {sorted(missing)[:3]}")
     if cfg.ground_weight and (ground is None or len(ground) != len(examples)):
         raise ValueError(f"{cfg.name}: ground_weight={cfg.ground_weight} needs grounding targets for every example")
+    if cfg.ground_weight:
+        check_heads(model, ground)
     keep = layers_needed(ground) if cfg.ground_weight else 1
     set_trainable(model, cfg.train_lm)
     model.train()

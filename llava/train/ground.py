@@ -1,4 +1,5 @@
-"""Grounding supervision for stage 2: where in the picture the language model looks when it reads a word.
+"""Grounding supervision for stage 2: where the language model looks, in the picture when it reads a word, and
+in the options when it names an answer's letter.
 
 The chat model must answer "What color is the triangle?" by finding the triangle's patches and reading their
 colour: a look-up keyed by shape. Next-token loss alone never forms it at our size (the image tokens carry
@@ -14,20 +15,23 @@ attention heads are taught where to look, each patch weighted by how much of it 
 The loss is the cross-entropy of each head's attention (the real causal softmax over the whole sequence,
 computed from the layer's input) against that distribution.
 
-Only the teacher's symbolic scene is used, never the answer, so it is the same kind of supervision as the
-bounding boxes the paper gives its text-only teacher.
+For these, only the teacher's symbolic scene is used, never the answer, so it is the same kind of
+supervision as the bounding boxes the paper gives its text-only teacher.
 
 The ScienceQA form needs one more look-up, in text: "... The circle is green. The answer is" -> B, which
 means finding the option the explanation just named and copying its letter. Next-token loss leaves it at
-chance (the explanation right 72% of the time, the letter matching it 37%), so three more heads are taught:
+chance (the explanation right 72% of the time, the letter matching it 37%), so four more heads are taught:
 
-- layer 0, head 2: at every token of an option's text, that option's letter ("(B) green": "green" -> "B");
+- layer 0, head 2: at every token of an option after its letter, that letter ("(B) green": "green" -> "B");
+- layer 0, head 3: at every word of an option (articles dropped), the option's words up to it, so the last
+  word holds the whole option ("an orange triangle" apart from "a red triangle" and "an orange square");
 - layer 1, head 1: where the letter is predicted, the last place the answer named the correct option;
-- layer 2, head 0: from the same position, the correct option's words in the list (articles dropped), whose
-  letter layer 0 put there.
+- layer 2, head 0: from the same position, the correct option's last word in the list, which holds its letter.
 
 These read the question and the trained answer only, so they apply to any QCM -> "The answer is X." record,
-real ScienceQA included.
+real ScienceQA included, as long as the options' line ends at a newline or at `llava_v0`'s `###`. The
+answer they read is the one the next-token loss already trains on: they add no information, only say where
+the model should find it.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from llava.train.ground import (
     MENTION_HEAD,
     NEXT_HEAD,
     OPTION_HEAD,
+    PHRASE_HEAD,
     PICK_HEAD,
     SHAPE_HEAD,
     SPAN_HEAD,
@@ -32,6 +33,7 @@ from llava.train.ground import (
     grounding_loss,
     grounding_targets,
     option_targets,
+    phrase_targets,
     word_ids,
 )
 from llava.train.loop import OptimConfig
@@ -144,6 +146,24 @@ def test_grounding_loss_teaches_the_head_to_look(tiny_ckpt):
         grounding_loss(model, (torch.zeros(len(examples), batch.input_ids.shape[1], 8),), batch.attention_mask, ground)
     with pytest.raises(ValueError, match="grounding targets"):
         run_stage(model, examples, feats, index, cfg, progress=False)
+
+
+def test_object_phrases_look_at_the_object_they_name(parts):
+    processor, model = parts
+    tok, n_img, image_id = processor.tokenizer, model.config.image_seq_length, model.config.image_token_id
+    qas = [("Describe it.", "There is a small blue triangle at the bottom right. There is a large green square.")]
+    example = encode_record(teacher.to_record("r", "x.png", qas), tok, n_img)
+    targets = phrase_targets(example, _scene(), TokenText(tok), image_id, n_img)
+    said = [(tok.decode([example.input_ids[t.position]]), (t.layer, t.head)) for t in targets]
+    # the green square is not in the scene; "at" right after the shape word is example_targets' (NEXT_HEAD)
+    assert said == [(" a", PHRASE_HEAD), (" small", PHRASE_HEAD), (" blue", PHRASE_HEAD)] + [
+        (w, NEXT_HEAD) for w in (" the", " bottom")
+    ]
+    grid = int(n_img**0.5)
+    blue_triangle = box_cover(_scene().objects[1].box, grid) > 0
+    for t in targets:  # only the small blue triangle, not the large red one
+        assert t.start == example.input_ids.index(image_id)
+        assert torch.all(t.weights[~blue_triangle] == 0) and torch.all(t.weights[blue_triangle] > 0)
 
 
 def _qcm(question: str, choices: list[str], answer: int, explanation: str, image: bool = False) -> dict:

@@ -10,7 +10,10 @@ attention heads are taught where to look, each patch weighted by how much of it 
 - layer 0, head 1: at every colour word, the objects of that colour;
 - layer 1, head 0 (the second hop): at the token right after a shape word, where the model goes on to say
   something about it ("The triangle is" -> colour), the same objects (only those of the colour named just
-  before the shape word, if one is: "the red triangle").
+  before the shape word, if one is: "the red triangle"), and at the words of a place phrase after an object
+  phrase ("a large red circle at the top left": "the", "top"), that object;
+- layer 1, head 2: in an object phrase, at the article, size and colour words (each predicts the next word
+  of the phrase: which object a description names next is chosen here), the object the phrase names.
 
 The loss is the cross-entropy of each head's attention (the real causal softmax over the whole sequence,
 computed from the layer's input) against that distribution.
@@ -45,17 +48,21 @@ from transformers import LlavaForConditionalGeneration
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from llava.data.world import Scene
-from llava.model.tiny import COLORS, SHAPES
+from llava.model.tiny import COLORS, SHAPES, SIZES
 from llava.train.clip import box_cover
 from llava.train.sequences import IGNORE, Example
 
 SHAPE_HEAD, COLOR_HEAD = (0, 0), (0, 1)  # (layer, head) that learn to look from shape / colour words
 NEXT_HEAD = (1, 0)  # ... from the token after a shape word
 OPTION_HEAD, SPAN_HEAD = (0, 2), (0, 3)  # option tokens -> their letter / the option's words so far
+PHRASE_HEAD = (1, 2)  # article, size, colour of an object phrase -> that object
 MENTION_HEAD, PICK_HEAD = (1, 1), (2, 0)  # letter position -> the answer's mention / the option's last word
 ANSWER_RE = re.compile(r"The answer is ([A-Z])\.")
 MARKER_RE = re.compile(r"\(([A-Z])\) ")
 ARTICLE_RE = re.compile(r"^(?:a|an|the) ", re.IGNORECASE)
+PHRASE_RE = re.compile(
+    rf"\b(?:a|an) ({'|'.join(SIZES)}) ({'|'.join(COLORS)}) ({'|'.join(SHAPES)})( (?:at|on|in) the [a-z]+(?: left| right)?)?"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,11 +130,39 @@ def grounding_targets(
     look-ups (examples that answer "The answer is X.")."""
     words = word_ids(tokenizer)
     pieces = TokenText(tokenizer)
-    return [
-        (example_targets(e, scenes[e.image], words, image_token_id, n_image_tokens) if e.image is not None else [])
-        + option_targets(e, pieces)
-        for e in examples
-    ]
+    out = []
+    for e in examples:
+        targets = option_targets(e, pieces)
+        if e.image is not None:
+            scene = scenes[e.image]
+            targets += example_targets(e, scene, words, image_token_id, n_image_tokens)
+            targets += phrase_targets(e, scene, pieces, image_token_id, n_image_tokens)
+        out.append(targets)
+    return out
+
+
+def phrase_targets(
+    example: Example, scene: Scene, pieces: TokenText, image_token_id: int, n_image_tokens: int
+) -> list[Target]:
+    """In every object phrase after the picture ("a large red circle at the top left") whose object is in the
+    scene: its article, size and colour tokens (PHRASE_HEAD) and its place words after the one right after the
+    shape word (NEXT_HEAD, which `example_targets` covers) look at that object."""
+    text, starts = pieces(example.input_ids)
+    image = example.input_ids.index(image_token_id)
+    grid = int(round(n_image_tokens**0.5))
+    out = []
+    for m in PHRASE_RE.finditer(text, starts[image + n_image_tokens]):
+        size, color, shape = m.group(1, 2, 3)
+        objects = [o for o in scene.objects if (o.size, o.color, o.shape) == (size, color, shape)]
+        if not objects:
+            continue
+        cover = _cover(objects, grid)
+        out += [Target(k, *PHRASE_HEAD, image, cover) for k in _tokens(starts, m.start(), m.end(3))[:-1]]
+        if m.group(4):
+            after_shape = _tokens(starts, m.start(3), m.end(3))[-1] + 1
+            place = [k for k in _tokens(starts, m.start(4), m.end(4))[:-1] if k > after_shape]
+            out += [Target(k, *NEXT_HEAD, image, cover) for k in place]
+    return out
 
 
 class TokenText:

@@ -166,18 +166,23 @@ def phrase_targets(
 
 
 class TokenText:
-    """Each token's text, cached: an example's string and where each token starts in it."""
+    """Each token's text, cached: an example's string and where each token starts in it. The last example's
+    text is kept too, since its option and phrase targets both read it."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self.cache: dict[int, str] = {}
+        self.last: tuple[Sequence[int], tuple[str, list[int]]] | None = None
 
     def __call__(self, ids: Sequence[int]) -> tuple[str, list[int]]:
+        if self.last is not None and self.last[0] is ids:
+            return self.last[1]
         texts = [self.cache.get(i) or self.cache.setdefault(i, self.tokenizer.decode([i])) for i in ids]
         starts = [0]
         for t in texts:
             starts.append(starts[-1] + len(t))
-        return "".join(texts), starts
+        self.last = (ids, ("".join(texts), starts))
+        return self.last[1]
 
 
 def _tokens(starts: list[int], begin: int, end: int) -> list[int]:

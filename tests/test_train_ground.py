@@ -223,6 +223,8 @@ def test_option_targets_need_a_trained_answer_and_a_mention(parts):
     assert option_targets(encode_record(quoted, tok, 16), pieces) == []  # the prompt's letter is not taught
     chat = encode_record(teacher.to_record("t", None, [("What color?", "Red.")]), tok, 16)
     assert option_targets(chat, pieces) == []
+    empty = encode_record(_qcm("Which?", ["", "blue"], 0, "None of them."), tok, 16)
+    assert option_targets(empty, pieces) == []  # an empty option has no words to look at
 
 
 def test_option_heads_learn_the_look_up(tmp_path):

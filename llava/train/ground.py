@@ -218,13 +218,12 @@ def option_targets(example: Example, pieces: TokenText) -> list[Target]:
             option = text[mk.end() : end].rstrip()
             core = ARTICLE_RE.sub("", option)
             spans[mk.group(1)] = (mk.start(1), mk.end() + len(option) - len(core), mk.end() + len(option))
+        spans = {letter: span for letter, span in spans.items() if span[1] < span[2]}  # empty options name nothing
         if m.group(1) not in spans:
             continue
         for letter_at, begin, end in spans.values():
             (letter_key,) = _tokens(starts, letter_at, letter_at + 1)
             words = [k for k in _tokens(starts, begin, end) if k > letter_key]
-            if not words:
-                continue  # an empty option
             for k in range(letter_key + 1, words[-1] + 1):
                 out.append(_uniform(k, OPTION_HEAD, [letter_key]))
             out += [_uniform(k, SPAN_HEAD, words[: n + 1]) for n, k in enumerate(words)]

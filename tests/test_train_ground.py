@@ -166,6 +166,23 @@ def test_object_phrases_look_at_the_object_they_name(parts):
         assert torch.all(t.weights[~blue_triangle] == 0) and torch.all(t.weights[blue_triangle] > 0)
 
 
+def test_phrases_without_a_size_count_in_answers_only(parts):
+    processor, model = parts
+    tok, n_img, image_id = processor.tokenizer, model.config.image_seq_length, model.config.image_token_id
+    qas = [("Where is the blue circle?", "The blue circle is at the top right. There is a blue triangle.")]
+    example = encode_record(teacher.to_record("r", "x.png", qas), tok, n_img)
+    targets = phrase_targets(example, _scene(), TokenText(tok), image_id, n_img)
+    said = [(tok.decode([example.input_ids[t.position]]).strip(), (t.layer, t.head)) for t in targets]
+    # the question's "the blue circle" is not supervised; " is" right after the shape is example_targets'
+    assert said == [("The", PHRASE_HEAD), ("blue", PHRASE_HEAD), ("at", NEXT_HEAD), ("the", NEXT_HEAD)] + [
+        ("top", NEXT_HEAD), ("a", PHRASE_HEAD), ("blue", PHRASE_HEAD)
+    ]
+    grid = int(n_img**0.5)
+    circle, triangle = (box_cover(_scene().objects[k].box, grid) > 0 for k in (2, 1))
+    assert all(torch.all((t.weights > 0) == circle) for t in targets[:5])
+    assert all(torch.all((t.weights > 0) == triangle) for t in targets[5:])
+
+
 def _qcm(question: str, choices: list[str], answer: int, explanation: str, image: bool = False) -> dict:
     problem = {"question": question, "choices": choices, "answer": answer, "solution": explanation}
     return to_instruct("q", problem | ({"image": "image.png"} if image else {}))

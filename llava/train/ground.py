@@ -12,8 +12,9 @@ attention heads are taught where to look, each patch weighted by how much of it 
   something about it ("The triangle is" -> colour), the same objects (only those of the colour named just
   before the shape word, if one is: "the red triangle"), and at the words of a place phrase after an object
   phrase ("a large red circle at the top left": "the", "top"), that object;
-- layer 1, head 2: in an object phrase, at the article, size and colour words (each predicts the next word
-  of the phrase: which object a description names next is chosen here), the object the phrase names.
+- layer 1, head 2: in an object phrase of an answer ("a large red circle", "the red circle"), at the article,
+  size and colour words (each predicts the next word of the phrase: which object a description names next, or
+  which one is "furthest to the right", is chosen here), the object the phrase names.
 
 The loss is the cross-entropy of each head's attention (the real causal softmax over the whole sequence,
 computed from the layer's input) against that distribution.
@@ -60,8 +61,9 @@ MENTION_HEAD, PICK_HEAD = (1, 1), (2, 0)  # letter position -> the answer's ment
 ANSWER_RE = re.compile(r"The answer is ([A-Z])\.")
 MARKER_RE = re.compile(r"\(([A-Z])\) ")
 ARTICLE_RE = re.compile(r"^(?:a|an|the) ", re.IGNORECASE)
-PHRASE_RE = re.compile(
-    rf"\b(?:a|an) ({'|'.join(SIZES)}) ({'|'.join(COLORS)}) ({'|'.join(SHAPES)})( (?:at|on|in) the [a-z]+(?: left| right)?)?"
+PHRASE_RE = re.compile(  # "a large red circle at the top left", "The red circle is at the top", "the red circle"
+    rf"\b(?:[Aa]|[Aa]n|[Tt]he) (?:({'|'.join(SIZES)}) )?({'|'.join(COLORS)}) ({'|'.join(SHAPES)})"
+    r"( (?:is )?(?:at|on|in) the [a-z]+(?: left| right)?)?"
 )
 
 
@@ -144,24 +146,26 @@ def grounding_targets(
 def phrase_targets(
     example: Example, scene: Scene, pieces: TokenText, image_token_id: int, n_image_tokens: int
 ) -> list[Target]:
-    """In every object phrase after the picture ("a large red circle at the top left") whose object is in the
-    scene: its article, size and colour tokens (PHRASE_HEAD) and its place words after the one right after the
-    shape word (NEXT_HEAD, which `example_targets` covers) look at that object."""
+    """In every object phrase of the answers ("a large red circle at the top left", "The red circle is at the
+    top") whose object is in the scene: its article, size and colour tokens (PHRASE_HEAD) and its place words
+    after the one right after the shape word (NEXT_HEAD, which `example_targets` covers) look at that object.
+    Without a size, the phrase names every object of its colour and shape."""
     text, starts = pieces(example.input_ids)
     image = example.input_ids.index(image_token_id)
     grid = int(round(n_image_tokens**0.5))
     out = []
     for m in PHRASE_RE.finditer(text, starts[image + n_image_tokens]):
         size, color, shape = m.group(1, 2, 3)
-        objects = [o for o in scene.objects if (o.size, o.color, o.shape) == (size, color, shape)]
+        objects = [o for o in scene.objects if (o.color, o.shape) == (color, shape) and size in (None, o.size)]
         if not objects:
             continue
         cover = _cover(objects, grid)
-        out += [Target(k, *PHRASE_HEAD, image, cover) for k in _tokens(starts, m.start(), m.end(3))[:-1]]
-        if m.group(4):
-            after_shape = _tokens(starts, m.start(3), m.end(3))[-1] + 1
-            place = [k for k in _tokens(starts, m.start(4), m.end(4))[:-1] if k > after_shape]
-            out += [Target(k, *NEXT_HEAD, image, cover) for k in place]
+        said = _tokens(starts, m.start(), m.end(3))[:-1]
+        after_shape = _tokens(starts, m.start(3), m.end(3))[-1] + 1
+        place = [k for k in _tokens(starts, m.start(4), m.end(4))[:-1] if k > after_shape] if m.group(4) else []
+        # only the answer's phrases: which object a question names is not the model's choice
+        out += [Target(k, *PHRASE_HEAD, image, cover) for k in said if example.labels[k] != IGNORE]
+        out += [Target(k, *NEXT_HEAD, image, cover) for k in place if example.labels[k] != IGNORE]
     return out
 
 

@@ -174,13 +174,12 @@ def test_phrases_without_a_size_count_in_answers_only(parts):
     targets = phrase_targets(example, _scene(), TokenText(tok), image_id, n_img)
     said = [(tok.decode([example.input_ids[t.position]]).strip(), (t.layer, t.head)) for t in targets]
     # the question's "the blue circle" is not supervised; " is" right after the shape is example_targets'
-    assert said == [("The", PHRASE_HEAD), ("blue", PHRASE_HEAD), ("at", NEXT_HEAD), ("the", NEXT_HEAD)] + [
-        ("top", NEXT_HEAD), ("a", PHRASE_HEAD), ("blue", PHRASE_HEAD)
-    ]
+    circle = [("The", PHRASE_HEAD), ("blue", PHRASE_HEAD)] + [(w, NEXT_HEAD) for w in ("at", "the", "top")]
+    assert said == circle + [("a", PHRASE_HEAD), ("blue", PHRASE_HEAD)]
     grid = int(n_img**0.5)
-    circle, triangle = (box_cover(_scene().objects[k].box, grid) > 0 for k in (2, 1))
-    assert all(torch.all((t.weights > 0) == circle) for t in targets[:5])
-    assert all(torch.all((t.weights > 0) == triangle) for t in targets[5:])
+    on_circle, on_triangle = (box_cover(_scene().objects[k].box, grid) > 0 for k in (2, 1))
+    assert all(torch.all((t.weights > 0) == on_circle) for t in targets[:5])
+    assert all(torch.all((t.weights > 0) == on_triangle) for t in targets[5:])
 
 
 def _qcm(question: str, choices: list[str], answer: int, explanation: str, image: bool = False) -> dict:

@@ -100,8 +100,7 @@ def write_card(folder: Path, name: str, report, smoke: bool = False) -> Path:
         " one head learns to attend, from each shape word, to that shape's patches (another from each colour word),"
         " and in layer 1 a head does the same from the token after a shape word, where the answer about it begins,"
         " and from the words of a place phrase; another, from the article, size and colour of an object phrase,"
-        " attends to the object the phrase names. Words that name nothing in the picture (no square, no red one)"
-        " attend to the first token instead."
+        " attends to the object the phrase names."
         if grounded
         else ""
     )

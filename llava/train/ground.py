@@ -12,8 +12,6 @@ attention heads are taught where to look, each patch weighted by how much of it 
   something about it ("The triangle is" -> colour), the same objects (only those of the colour named just
   before the shape word, if one is: "the red triangle"), and at the words of a place phrase after an object
   phrase ("a large red circle at the top left": "the", "top"), that object;
-- in these three, words that name nothing in the picture ("Is there a red square?" with no square, or no red
-  one) look at the first token, so the model can tell "not there" from "there" (yes/no, counting zero);
 - layer 1, head 2: in an object phrase of an answer ("a large red circle", "the red circle"), at the article,
   size and colour words (each predicts the next word of the phrase: which object a description names next, or
   which one is "furthest to the right", is chosen here), the object the phrase names.
@@ -96,9 +94,9 @@ def word_ids(tokenizer) -> dict[int, tuple[str, str]]:
 def example_targets(
     example: Example, scene: Scene, words: dict[int, tuple[str, str]], image_token_id: int, n_image_tokens: int
 ) -> list[Target]:
-    """The supervised positions of one example: its shape and colour words after the picture, and the tokens
-    right after those shape words. Words that name no object in the scene ("Is there a red square?" with no
-    square, or no red one) look at the first token instead, so "nothing there" reads differently from "there"."""
+    """The supervised positions of one example: its shape and colour words after the picture whose
+    objects are in the scene (a question about an absent shape has nothing to look at), and the tokens
+    right after those shape words."""
     ids = example.input_ids
     if image_token_id not in ids:
         return []
@@ -112,19 +110,14 @@ def example_targets(
             continue
         kind, key = words[ids[pos]]
         objects = [o for o in scene.objects if (o.shape if kind == "shape" else o.color) == key]
-        head = SHAPE_HEAD if kind == "shape" else COLOR_HEAD
-        out.append(Target(pos, *head, start, _cover(objects, grid)) if objects else _nothing(pos, head))
+        if not objects:
+            continue
+        out.append(Target(pos, *(SHAPE_HEAD if kind == "shape" else COLOR_HEAD), start, _cover(objects, grid)))
         if kind == "shape" and pos + 1 < len(ids):
             before = words.get(ids[pos - 1])
-            if before is not None and before[0] == "color":
-                objects = [o for o in objects if o.color == before[1]]
-            out.append(Target(pos + 1, *NEXT_HEAD, start, _cover(objects, grid)) if objects else _nothing(pos + 1))
+            named = [o for o in objects if before is not None and before[0] == "color" and o.color == before[1]]
+            out.append(Target(pos + 1, *NEXT_HEAD, start, _cover(named or objects, grid)))
     return out
-
-
-def _nothing(position: int, layer_head: tuple[int, int] = NEXT_HEAD) -> Target:
-    """Look at the first token: what a head reads when the words name no object in the picture."""
-    return Target(position, *layer_head, 0, torch.ones(1))
 
 
 def _cover(objects, grid: int) -> torch.Tensor:

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import LlavaForConditionalGeneration
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+from transformers.models.llama.modeling_llama import rotate_half
 
 from llava.data.world import Scene
 from llava.model.tiny import COLORS, SHAPES, SIZES
@@ -269,11 +269,13 @@ def attention_logprobs(
         raise ValueError("grounding supports LMs with as many key/value heads as query heads")
     B, T, _ = layer_input.shape
     x = layer.input_layernorm(layer_input)
-    cos, sin = lm.rotary_emb(x, torch.arange(T, device=x.device)[None])
-    q = attn.q_proj(x).view(B, T, -1, attn.head_dim).transpose(1, 2)  # (B, heads, T, hd)
-    k = attn.k_proj(x).view(B, T, -1, attn.head_dim).transpose(1, 2)
-    q, k = apply_rotary_pos_emb(q, k, cos, sin)
-    scores = torch.einsum("nd,ntd->nt", q[rows, heads, positions], k[rows, heads]) * attn.scaling  # (n, T)
+    cos, sin = lm.rotary_emb(x, torch.arange(T, device=x.device)[None])  # (1, T, hd)
+    # queries only where a target is (a few hundred of the batch's B * T positions); keys everywhere
+    q = attn.q_proj(x[rows, positions]).view(len(rows), -1, attn.head_dim)[torch.arange(len(rows)), heads]
+    q = q * cos[0, positions] + rotate_half(q) * sin[0, positions]  # (n, hd)
+    k = attn.k_proj(x).view(B, T, -1, attn.head_dim).transpose(1, 2)  # (B, heads, T, hd)
+    k = k * cos[:, None] + rotate_half(k) * sin[:, None]
+    scores = torch.einsum("nd,ntd->nt", q, k[rows, heads]) * attn.scaling  # (n, T)
     visible = (torch.arange(T, device=x.device)[None] <= positions[:, None]) & attention_mask[rows].bool()
     return scores.float().masked_fill(~visible, float("-inf")).log_softmax(-1)
 

@@ -1,0 +1,14 @@
+"""The grounding benchmark runs at the full sizes and prints both variants."""
+
+from __future__ import annotations
+
+from llava.train.bench import main
+
+
+def test_bench_prints_seconds_per_step_for_both_variants(capsys):
+    assert main(["--pictures", "40", "--steps", "1"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].strip().startswith("no grounding:") and "(+0.0%)" in lines[0]
+    assert lines[1].strip().startswith("grounding:") and float(lines[1].split()[1]) > 0
+    assert lines[2].startswith("grounding adds") and lines[2].endswith(" chat steps")

@@ -45,7 +45,9 @@ def step_seconds(pictures: int, steps: int, seed: int = 0) -> dict[str, float]:
     out = {}
     for name, weight in (("no grounding", 0.0), ("grounding", cfg.stage2.ground_weight)):
         model.load_state_dict(start_state)
-        stage = StageConfig(name, cfg.stage2.batch_size, OptimConfig(steps=steps, lr=1e-4, warmup=1), True, seed, weight)
+        stage = StageConfig(
+            name, cfg.stage2.batch_size, OptimConfig(steps=steps, lr=1e-4, warmup=1), True, seed, weight
+        )
         start = time.perf_counter()
         run_stage(model, examples, feats, index, stage, progress=False, ground=ground if weight else None)
         out[name] = (time.perf_counter() - start) / steps

@@ -271,7 +271,9 @@ def attention_logprobs(
     x = layer.input_layernorm(layer_input)
     cos, sin = lm.rotary_emb(x, torch.arange(T, device=x.device)[None])  # (1, T, hd)
     # queries only where a target is (a few hundred of the batch's B * T positions); keys everywhere
-    q = attn.q_proj(x[rows, positions]).view(len(rows), -1, attn.head_dim)[torch.arange(len(rows), device=x.device), heads]
+    q = attn.q_proj(x[rows, positions]).view(len(rows), -1, attn.head_dim)[
+        torch.arange(len(rows), device=x.device), heads
+    ]
     q = q * cos[0, positions] + rotate_half(q) * sin[0, positions]  # (n, hd)
     k = attn.k_proj(x).view(B, T, -1, attn.head_dim).transpose(1, 2)  # (B, heads, T, hd)
     k = k * cos[:, None] + rotate_half(k) * sin[:, None]

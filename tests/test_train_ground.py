@@ -148,12 +148,18 @@ def test_grounding_loss_teaches_the_head_to_look(tiny_ckpt):
         run_stage(model, examples, feats, index, cfg, progress=False)
 
 
-def test_object_phrases_look_at_the_object_they_name(parts):
+def _phrases(parts, question: str, answer: str):
+    """The phrase targets of a one-turn chat about `_scene()`: (tokenizer, example, targets, image tokens)."""
     processor, model = parts
     tok, n_img, image_id = processor.tokenizer, model.config.image_seq_length, model.config.image_token_id
-    qas = [("Describe it.", "There is a small blue triangle at the bottom right. There is a large green square.")]
-    example = encode_record(teacher.to_record("r", "x.png", qas), tok, n_img)
-    targets = phrase_targets(example, _scene(), TokenText(tok), image_id, n_img)
+    example = encode_record(teacher.to_record("r", "x.png", [(question, answer)]), tok, n_img)
+    return tok, example, phrase_targets(example, _scene(), TokenText(tok), image_id, n_img), n_img
+
+
+def test_object_phrases_look_at_the_object_they_name(parts):
+    answer = "There is a small blue triangle at the bottom right. There is a large green square."
+    tok, example, targets, n_img = _phrases(parts, "Describe it.", answer)
+    image_id = parts[1].config.image_token_id
     said = [(tok.decode([example.input_ids[t.position]]), (t.layer, t.head)) for t in targets]
     # the green square is not in the scene; "at" right after the shape word is example_targets' (NEXT_HEAD)
     assert said == [(" a", PHRASE_HEAD), (" small", PHRASE_HEAD), (" blue", PHRASE_HEAD)] + [
@@ -167,11 +173,8 @@ def test_object_phrases_look_at_the_object_they_name(parts):
 
 
 def test_phrases_without_a_size_count_in_answers_only(parts):
-    processor, model = parts
-    tok, n_img, image_id = processor.tokenizer, model.config.image_seq_length, model.config.image_token_id
-    qas = [("Where is the blue circle?", "The blue circle is at the top right. There is a blue triangle.")]
-    example = encode_record(teacher.to_record("r", "x.png", qas), tok, n_img)
-    targets = phrase_targets(example, _scene(), TokenText(tok), image_id, n_img)
+    answer = "The blue circle is at the top right. There is a blue triangle."
+    tok, example, targets, n_img = _phrases(parts, "Where is the blue circle?", answer)
     said = [(tok.decode([example.input_ids[t.position]]).strip(), (t.layer, t.head)) for t in targets]
     # the question's "the blue circle" is not supervised; " is" right after the shape is example_targets'
     circle = [("The", PHRASE_HEAD), ("blue", PHRASE_HEAD)] + [(w, NEXT_HEAD) for w in ("at", "the", "top")]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from llava.train.bench import main
 
 
@@ -12,3 +14,9 @@ def test_bench_prints_seconds_per_step_for_both_variants(capsys):
     assert lines[0].strip().startswith("no grounding:") and "(+0.0%)" in lines[0]
     assert lines[1].strip().startswith("grounding:") and float(lines[1].split()[1]) > 0
     assert lines[2].startswith("grounding adds") and lines[2].endswith(" chat steps")
+
+
+def test_bench_refuses_an_empty_run(capsys):
+    with pytest.raises(SystemExit):
+        main(["--pictures", "0"])
+    assert "at least 1" in capsys.readouterr().err

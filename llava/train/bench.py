@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=15, help="timed steps per variant")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
+    if args.pictures < 1 or args.steps < 1:
+        p.error("--pictures and --steps must be at least 1")
     hf_logging.set_verbosity_error()
     torch.set_num_threads(args.threads)
     times = step_seconds(args.pictures, args.steps)

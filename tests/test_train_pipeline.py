@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from llava.train.loop import OptimConfig, train
+from llava.train.loop import OptimConfig, fast_bf16, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,3 +95,10 @@ def test_loop_schedule_and_divergence():
     assert abs(float(w.detach()) - 3) < 0.1 and history.losses[-1] < history.losses[0]
     with pytest.raises(ValueError):
         OptimConfig(steps=0, lr=1e-3)
+
+
+def test_bf16_autocast_only_where_the_cpu_does_it_natively():
+    # an AVX2-only CPU runs bf16 matmuls ~100x slower than float32: the default follows the CPU, a choice stays
+    assert OptimConfig(steps=1, lr=1.0).bf16 is fast_bf16()
+    assert OptimConfig(steps=1, lr=1.0, bf16=True).bf16 is True
+    assert OptimConfig(steps=1, lr=1.0, bf16=False).bf16 is False

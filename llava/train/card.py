@@ -110,6 +110,14 @@ def write_card(folder: Path, name: str, report, smoke: bool = False) -> Path:
             " letter is predicted, a layer-1 head attends to where the answer named the correct option and a layer-2"
             " head to that option's last word in the list."
         )
+    precision = "bfloat16 autocast" if cfg["stage2"]["optim"]["bf16"] else "float32 (the CPU has no native bfloat16)"
+    summary = cfg["clip"].get("summary_weight", 0)
+    summary_line = (
+        f" Every layer -2 patch also reads out, through a linear head dropped afterwards (weight {summary}), the scene's"
+        " object count, the count of each colour and each shape, and which colour-shape pairs are present."
+        if summary
+        else ""
+    )
     clip_line = ", ".join(f"{k} {100 * v[-1][1]:.0f}%" for k, v in sorted(clip_checks.items())) or "not measured"
     evals = report.evals.get(name)
     if evals:
@@ -184,7 +192,7 @@ Weights: {mb:.1f} MB (float32 safetensors).
   tinted backgrounds, then resized by the processor). The caption names every object's size, colour, shape and
   position (global loss, picture against caption); each object's patch tokens, pooled over its box, are also
   matched against the 36 phrases `size colour shape` (region loss), and so is every layer -2 patch its object's box
-  covers at least a quarter of (patch loss: the layer LLaVA reads). Held-out checks at the end (true caption
+  covers at least a quarter of (patch loss: the layer LLaVA reads).{summary_line} Held-out checks at the end (true caption
   over a one-change negative, by kind; region zero-shot): {clip_line}.
 - **Stage 1** ({report.data.get("stage1_pairs", 0):,} pairs): `Describe the image concisely.`-style instruction + caption;
   vision tower and LM frozen, the projector learns.
@@ -193,7 +201,7 @@ Weights: {mb:.1f} MB (float32 safetensors).
 
 {stage_table(report, stage)}
 
-Measured on 2 CPU cores (shared machine) with bfloat16 autocast.
+Measured on {report.config.get("machine", "2 CPU cores")}, in {precision}.
 
 ![training curves](training_curves.png)
 

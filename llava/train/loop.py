@@ -11,6 +11,14 @@ import torch
 from tqdm import tqdm
 
 
+def fast_bf16() -> bool:
+    """Whether this CPU computes bfloat16 matmuls natively (oneDNN's own test: AVX-512 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 @dataclass(slots=True)
 class OptimConfig:
     steps: int  # optimiser steps (one batch each)
@@ -19,9 +27,13 @@ class OptimConfig:
     min_lr_ratio: float = 0.1  # cosine decays to lr * this
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # max global grad norm; 0 turns clipping off
-    bf16: bool = True  # autocast matmuls to bfloat16 (AMX/AVX-512 on CPU); weights stay float32
+    # autocast matmuls to bfloat16, weights staying float32; None: only where the CPU does bf16 natively
+    # (AMX, AVX-512): an AVX2-only CPU emulates it about 100x slower than float32
+    bf16: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.bf16 is None:
+            self.bf16 = fast_bf16()
         if self.steps < 1 or self.lr <= 0:
             raise ValueError(f"steps must be >= 1 and lr > 0, got steps={self.steps} lr={self.lr}")
 

@@ -102,6 +102,21 @@ def _grounding(
     return ground
 
 
+def machine() -> str:
+    """The CPU this run trains on, for the model card: timings only compare on the same kind."""
+    name = next(
+        (line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")), "a CPU"
+    )
+    return f"{torch.get_num_threads()} threads of {name} ({torch.backends.cpu.get_cpu_capability()})"
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 def count_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -111,7 +126,7 @@ def train_all(cfg: PipelineConfig, out: Path, keep_stage1: bool = False) -> Repo
     `out/stage1`, if `keep_stage1`, to try stage-2 recipes from without the hour before it)."""
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
-    report = Report(config=asdict(cfg))
+    report = Report(config=asdict(cfg) | {"machine": machine()})
     sizes = cfg.sizes
 
     with report.timed("corpus+tokenizer"):

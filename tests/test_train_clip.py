@@ -11,14 +11,18 @@ from llava.data.scienceqa import ANSWER_RE
 from llava.data.world import Scene, SceneObject, sample_scene
 from llava.model.tiny import build_config, train_tokenizer
 from llava.train.clip import (
+    PAIRS,
     PHRASES,
     PLACED_PHRASES,
+    SUMMARY_CLASSES,
     ClipConfig,
     build_clip,
     patch_targets,
     pretrain_clip,
     region_accuracy,
     region_targets,
+    scene_summary,
+    summary_loss,
 )
 from llava.train.corpus import LOOKUP_WORDS, build_corpus, lookup_record
 from llava.train.loop import OptimConfig
@@ -68,6 +72,39 @@ def test_patch_targets_for_random_scenes_name_only_their_objects():
         assert named == {f"{o.size} {o.color} {o.shape}" for o in scene.objects}  # every object has a patch
 
 
+def test_scene_summary_counts_kinds_and_pairs():
+    box = (0.1, 0.1, 0.2, 0.2)
+    scene = Scene(
+        (
+            SceneObject("circle", "red", "small", box),
+            SceneObject("circle", "red", "large", (0.5, 0.5, 0.8, 0.8)),
+            SceneObject("square", "blue", "small", (0.1, 0.6, 0.2, 0.7)),
+        )
+    )
+    counts, present = scene_summary([scene, Scene((SceneObject("triangle", "orange", "small", box),))])
+    # objects - 1, then red green blue yellow purple orange, then circle square triangle
+    assert counts.tolist() == [[2, 2, 0, 1, 0, 0, 0, 2, 1, 0], [0, 0, 0, 0, 0, 0, 1, 0, 0, 1]]
+    assert {PAIRS[i] for i in present[0].nonzero().flatten().tolist()} == {("red", "circle"), ("blue", "square")}
+    assert present[1].sum() == 1 and present[1, PAIRS.index(("orange", "triangle"))] == 1
+
+
+def test_summary_loss_is_low_only_for_the_right_read_out():
+    scenes = [sample_scene(random.Random(i)) for i in range(6)]
+    counts, present = scene_summary(scenes)
+    right = torch.full((6, 5, SUMMARY_CLASSES), -20.0)
+    kinds = counts.shape[1] - 1
+    for n in range(6):
+        right[n, :, counts[n, 0]] = 20.0
+        for k in range(kinds):
+            right[n, :, 4 + k * 5 + counts[n, 1 + k]] = 20.0
+        right[n, :, -len(PAIRS) :] = present[n] * 40 - 20
+    assert summary_loss(right, counts, present) < 1e-6
+    wrong = right.roll(1, dims=0)  # each scene read as another's
+    assert summary_loss(wrong, counts, present) > 1.0
+    with pytest.raises(ValueError, match="67 logits, got 66"):
+        summary_loss(right[..., :-1], counts, present)
+
+
 @pytest.fixture(scope="module")
 def tiny_clip():
     tokenizer = train_tokenizer(build_corpus(100, 20, 0), 400)
@@ -84,7 +121,7 @@ def test_pretraining_runs_with_and_without_the_region_losses(tiny_clip, region_w
     torch.manual_seed(0)
     clip_cfg = ClipConfig(
         text_hidden=32, text_layers=1, text_heads=2, batch_size=8, region_weight=region_weight,
-        patch_weight=region_weight, hard_negatives=region_weight == 0, optim=OptimConfig(steps=3, lr=1e-3, warmup=1),
+        patch_weight=region_weight, summary_weight=region_weight, hard_negatives=region_weight == 0, optim=OptimConfig(steps=3, lr=1e-3, warmup=1),
     )  # fmt: skip
     clip = build_clip(cfg.vision_config, tokenizer, clip_cfg)
     scenes = [sample_scene(random.Random(i)) for i in range(16)]
@@ -97,6 +134,7 @@ def test_pretraining_runs_with_and_without_the_region_losses(tiny_clip, region_w
     assert len(history.losses) == 3 and all(v > 0 for v in history.losses)
     assert not torch.equal(before, clip.vision_model.embeddings.patch_embedding.weight)
     assert {"region", "region_color", "region_shape", "region_size", "patch_l-2", "color"} <= set(history.evals)
+    assert ({"summary_count", "summary_kind", "summary_pairs"} <= set(history.evals)) == bool(region_weight)
     acc = region_accuracy(clip, tokenizer, pixels[:8].float() / 255, scenes[:8])
     assert all(0.0 <= v <= 1.0 for v in acc.values())
 

@@ -12,6 +12,10 @@ Three losses, all contrastive against the text tower:
   position` (`large red square at the top left`), so that look-alike objects in different places carry
   different codes.
 
+and, optionally (`summary_weight`), every patch of layer -2 also reads out a summary of the whole scene
+through a linear head dropped after pre-training: the object count, the count of each colour and of each shape,
+and which colour-shape pairs are present, so the language model can read a count off any image token.
+
 The global loss alone teaches a pooled summary; LLaVA reads the patch tokens, and without the region loss
 they did not say which colour goes with which shape: an attention probe on layer -2 read colour given shape
 57% of the time with the global loss, 90% with the region loss too, and 99.7% (shape given colour 99.6%)
@@ -58,6 +62,10 @@ class ClipConfig:
     # (own renderer), the other chat figures within noise, ScienceQA 43 -> 39%, +0.8 min of CLIP; off by default
     # to keep the pipeline inside the hour
     patch_places: bool = False
+    # weight of the per-patch scene summary (`scene_summary`); 0 turns it off. Measured once, CLIP alone at 0.5
+    # (float32, 600 steps, 500 held-out pictures): one patch read the object count 88% and a kind's count 85% of the
+    # time, every pair's presence 20%, all still rising (CLIP took 11.1 min); not yet tried in a full run
+    summary_weight: float = 0.0
     optim: OptimConfig = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
@@ -217,6 +225,61 @@ def region_accuracy(clip: CLIPModel, tokenizer, pixel_values: torch.Tensor, scen
     return result
 
 
+# --- scene summary ---------------------------------------------------------------------------------
+
+PAIRS = tuple((c, s) for c in COLORS for s in SHAPES)
+SUMMARY_CLASSES = MAX_OBJECTS + (len(COLORS) + len(SHAPES)) * (MAX_OBJECTS + 1) + len(PAIRS)
+
+
+def scene_summary(scenes: list[Scene]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per scene: the counts (N, 1 + colours + shapes) -- objects - 1, then how many of each colour, then of
+    each shape -- and which colour-shape pairs are present (N, len(PAIRS)), as 0/1."""
+    counts = torch.zeros(len(scenes), 1 + len(COLORS) + len(SHAPES), dtype=torch.long)
+    present = torch.zeros(len(scenes), len(PAIRS))
+    for n, scene in enumerate(scenes):
+        counts[n, 0] = len(scene.objects) - 1
+        for o in scene.objects:
+            counts[n, 1 + COLORS.index(o.color)] += 1
+            counts[n, 1 + len(COLORS) + SHAPES.index(o.shape)] += 1
+            present[n, PAIRS.index((o.color, o.shape))] = 1
+    return counts, present
+
+
+def _summary_logits(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split (..., SUMMARY_CLASSES) into total-count logits (..., MAX_OBJECTS), per-kind count logits
+    (..., colours + shapes, MAX_OBJECTS + 1) and pair-presence logits (..., len(PAIRS))."""
+    if logits.shape[-1] != SUMMARY_CLASSES:
+        raise ValueError(f"a scene summary read-out has {SUMMARY_CLASSES} logits, got {logits.shape[-1]}")
+    kinds = len(COLORS) + len(SHAPES)
+    total = logits[..., :MAX_OBJECTS]
+    per_kind = logits[..., MAX_OBJECTS : MAX_OBJECTS + kinds * (MAX_OBJECTS + 1)]
+    per_kind = per_kind.unflatten(-1, (kinds, MAX_OBJECTS + 1))
+    return total, per_kind, logits[..., -len(PAIRS) :]
+
+
+def summary_loss(logits: torch.Tensor, counts: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Logits (B, P, SUMMARY_CLASSES), one read-out per patch, against each scene's summary."""
+    total, per_kind, pairs = _summary_logits(logits.float())
+    n_patches = logits.shape[1]
+    loss = F.cross_entropy(total.flatten(0, 1), counts[:, :1].repeat_interleave(n_patches, 0).flatten())
+    kind_target = counts[:, None, 1:].expand(-1, n_patches, -1)
+    loss = loss + F.cross_entropy(per_kind.flatten(0, 2), kind_target.flatten())
+    return loss + F.binary_cross_entropy_with_logits(pairs, present[:, None].expand_as(pairs))
+
+
+@torch.no_grad()
+def summary_accuracy(head: torch.nn.Module, hidden: torch.Tensor, scenes: list[Scene]) -> dict[str, float]:
+    """How often one patch's read-out (every patch scored) gets the total count, a colour's or shape's count,
+    and every pair's presence right."""
+    counts, present = scene_summary(scenes)
+    total, per_kind, pairs = _summary_logits(head(hidden[:, 1:]).float())
+    return {
+        "summary_count": float((total.argmax(-1) == counts[:, None, 0]).float().mean()),
+        "summary_kind": float((per_kind.argmax(-1) == counts[:, None, 1:]).float().mean()),
+        "summary_pairs": float(((pairs > 0).float() == present[:, None]).all(-1).float().mean()),
+    }
+
+
 # --- model pieces ---------------------------------------------------------------------------------
 
 
@@ -300,6 +363,11 @@ def pretrain_clip(
     weights, labels = region_targets(scenes, grid) if cfg.region_weight else (None, None)
     patch_labels = patch_targets(scenes, grid, cfg.patch_cover, cfg.patch_places) if cfg.patch_weight else None
     phrase_ids = tokenize_captions(tokenizer, list(PHRASES), 16)
+    summary, head = None, None
+    if cfg.summary_weight:  # a read-out trained with the tower and dropped after (made only when used: RNG)
+        width = clip.config.vision_config.hidden_size
+        summary = scene_summary(scenes)
+        head = torch.nn.Sequential(torch.nn.LayerNorm(width), torch.nn.Linear(width, SUMMARY_CLASSES))
     placed_ids = tokenize_captions(tokenizer, list(PLACED_PHRASES), 16) if cfg.patch_places else None
     clip.train()
 
@@ -309,9 +377,14 @@ def pretrain_clip(
         if cfg.hard_negatives:
             texts += [negative_caption(scenes[i], rng) for i in idx]
         ids, eos_at = tokenize_captions(tokenizer, texts, cfg.max_caption_tokens)
-        vision = clip.vision_model(pixel_values=normalize(pixels[idx]), output_hidden_states=bool(cfg.patch_weight))
+        vision = clip.vision_model(
+            pixel_values=normalize(pixels[idx]), output_hidden_states=bool(cfg.patch_weight or cfg.summary_weight)
+        )
         images = F.normalize(clip.visual_projection(vision.pooler_output), dim=-1)
         loss = contrastive_loss(clip, images, embed_text(clip, ids, eos_at), cfg.batch_size)
+        if cfg.summary_weight:
+            logits = head(vision.hidden_states[-2][:, 1:])
+            loss = loss + cfg.summary_weight * summary_loss(logits, summary[0][idx], summary[1][idx])
         if not (cfg.region_weight or cfg.patch_weight):
             return loss
         scale = clip.logit_scale.exp().clamp(max=100)
@@ -333,7 +406,14 @@ def pretrain_clip(
 
         def evaluate(step: int) -> dict[str, float]:
             hard = hard_negative_accuracy(clip, tokenizer, hold_px, holdout[1], max_len=cfg.max_caption_tokens)
-            return hard | region_accuracy(clip, tokenizer, hold_px, holdout[1])
+            result = hard | region_accuracy(clip, tokenizer, hold_px, holdout[1])
+            if cfg.summary_weight:
+                clip.eval()
+                hidden = clip.vision_model(pixel_values=hold_px, output_hidden_states=True).hidden_states[-2]
+                result |= summary_accuracy(head, hidden, holdout[1])
+                clip.train()
+            return result
 
     eval_every = max(1, -(-cfg.optim.steps // 4))  # four checks per run
-    return train(clip.parameters(), loss_fn, cfg.optim, "clip", evaluate, eval_every, progress)
+    params = list(clip.parameters()) + (list(head.parameters()) if cfg.summary_weight else [])
+    return train(params, loss_fn, cfg.optim, "clip", evaluate, eval_every, progress)

@@ -65,6 +65,36 @@ def test_smoke_checkpoints_load_with_plain_transformers(smoke, name):
 
 
 @pytest.mark.slow
+def test_export_stores_bfloat16_and_scores_what_it_stores(smoke, tmp_path):
+    src, _, _ = smoke
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "llava.train.export", "--src", str(src), "--out", str(tmp_path), "--quiet"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MB in bfloat16" in proc.stdout and "| pictures |" in proc.stdout
+    for name in ("llava-shapes-chat", "llava-shapes-sqa"):
+        weights = load_file(tmp_path / name / "model.safetensors")
+        before = load_file(src / name / "model.safetensors")
+        assert set(weights) == set(before) and all(w.dtype == torch.bfloat16 for w in weights.values())
+        assert all(torch.equal(weights[k], before[k].bfloat16()) for k in weights)
+        card = (tmp_path / name / "README.md").read_text()
+        assert "bfloat16 safetensors, exported" in card and "SMOKE RUN" in card
+        report = json.loads((tmp_path / name / "training_report.json").read_text())
+        trained = json.loads((src / name / "training_report.json").read_text())
+        assert report["config"]["stored_dtype"] == "bfloat16" and report["timings_s"] == trained["timings_s"]
+        assert {"primary", "alt"} == set(report["evals"][name]) and report["histories"] == trained["histories"]
+        model = LlavaForConditionalGeneration.from_pretrained(tmp_path / name, dtype=torch.float32)
+        assert model.config.conv_template == "llava_v0"
+    bad = subprocess.run(
+        [sys.executable, "-m", "llava.train.export", "--src", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "is not a pipeline report" in bad.stderr
+
+
+@pytest.mark.slow
 def test_stages_share_and_separate_the_right_weights(smoke):
     out, _, _ = smoke
     chat = load_file(out / "llava-shapes-chat" / "model.safetensors")

@@ -38,6 +38,20 @@ def chat_table(evals: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def missed_targets(evals: dict[str, dict], is_chat: bool) -> list[str]:
+    """The targets these figures miss, as `kind on renderer (value)`; empty when every one holds."""
+    out = []
+    for renderer, r in evals.items():
+        where = RENDERER_NAMES.get(renderer, renderer).split(" (")[0]
+        if is_chat:
+            checks = [(k, r["accuracy"].get(k), 0.95) for k in TARGET_KINDS]
+            checks.append(("objects named", r["description_objects_named"], 0.90))
+        else:
+            checks = [("accuracy", r["accuracy"]["all/Avg"], 0.95), ("format kept", r["format_kept"], 1.0)]
+        out += [f"{k} on the {where} ({_pct(v)})" for k, v, floor in checks if v is not None and v < floor]
+    return out
+
+
 def sqa_table(evals: dict[str, dict]) -> str:
     first = next(iter(evals.values()))
     cols = list(first["accuracy"])
@@ -110,6 +124,8 @@ def write_card(folder: Path, name: str, report, smoke: bool = False) -> Path:
             " letter is predicted, a layer-1 head attends to where the answer named the correct option and a layer-2"
             " head to that option's last word in the list."
         )
+    stored = cfg.get("stored_dtype", "float32")
+    made_tail = ", then `python -m llava.train.export --src RUN --out checkpoints/`" if stored != "float32" else ""
     precision = "bfloat16 autocast" if cfg["stage2"]["optim"]["bf16"] else "float32 (the CPU has no native bfloat16)"
     summary = cfg["clip"].get("summary_weight", 0)
     summary_line = (
@@ -122,6 +138,10 @@ def write_card(folder: Path, name: str, report, smoke: bool = False) -> Path:
     evals = report.evals.get(name)
     if evals:
         table = chat_table(evals) if is_chat else sqa_table(evals)
+        missed = missed_targets(evals, is_chat)
+        table += "\n\n" + (
+            "**Misses the targets:** " + "; ".join(missed) + "." if missed else "**Every target holds.**"
+        )
     else:
         table = "_Not evaluated in this run (`--no-eval`)._"
     target = (
@@ -143,8 +163,7 @@ a CLIP ViT vision tower, a two-layer projector and a Llama language model, train
 machine-generated instruction data about a synthetic world of flat coloured shapes (circle, square, triangle;
 red, green, blue, yellow, purple, orange; small and large; 1 to 4 per picture). {"It chats about such pictures." if is_chat else "It answers ScienceQA-style multiple-choice questions about such pictures (and text-only ones), reasoning first, then `The answer is X.`"}
 
-It knows nothing outside that world. Made by `python -m llava.train.pipeline --out checkpoints/`
-(seed {cfg["seed"]}).
+It knows nothing outside that world. Made by `python -m llava.train.pipeline --out RUN` (seed {cfg["seed"]}){made_tail}.
 
 ## Use
 
@@ -152,9 +171,10 @@ Plain `transformers` (`AutoProcessor` + `LlavaForConditionalGeneration`) with th
 (`config.json` names it under `conv_template`); generation stops at `###`:
 
 ```python
+import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 processor = AutoProcessor.from_pretrained("checkpoints/{name}")
-model = LlavaForConditionalGeneration.from_pretrained("checkpoints/{name}")
+model = LlavaForConditionalGeneration.from_pretrained("checkpoints/{name}", dtype=torch.float32)
 system = "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the human's questions."
 prompt = system + "{use_prompt}"
 inputs = processor(images=image, text=prompt, return_tensors="pt")
@@ -181,7 +201,7 @@ Reproduce: `{"python -m llava.eval chat --model checkpoints/" + name + " --pictu
 | projector | two-layer MLP (GELU) | {report.params.get("projector", 0):,} |
 | language model (Llama) | width {sizes["text_hidden"]}, {sizes["text_layers"]} layers, MLP {sizes["text_intermediate"]}, vocabulary {sizes["vocab_size"]}, context {sizes["max_position_embeddings"]} | {report.params.get("language_model", 0):,} |
 
-Weights: {mb:.1f} MB (float32 safetensors).
+Weights: {mb:.1f} MB ({stored} safetensors{", exported from the float32 run by `python -m llava.train.export`; the figures above are of these weights" if stored != "float32" else ""}).
 
 ## Data and stages
 

@@ -58,6 +58,11 @@ class History:
     def to_json(self) -> dict:
         return {"name": self.name, "losses": self.losses, "lrs": self.lrs, "evals": self.evals, "seconds": self.seconds}
 
+    @classmethod
+    def from_json(cls, raw: dict) -> History:
+        evals = {k: [tuple(point) for point in v] for k, v in raw["evals"].items()}
+        return cls(raw["name"], list(raw["losses"]), list(raw["lrs"]), evals, float(raw["seconds"]))
+
 
 def train(
     params: Iterable[torch.nn.Parameter],

@@ -1,0 +1,34 @@
+"""Model cards say which targets the figures next to them miss."""
+
+from __future__ import annotations
+
+from llava.eval.questions import TARGET_KINDS
+from llava.train.card import missed_targets
+
+
+def chat_eval(**acc: float) -> dict:
+    return {
+        "accuracy": {k: acc.get(k, 0.97) for k in TARGET_KINDS},
+        "description_objects_named": acc.get("named", 0.92),
+    }
+
+
+def test_chat_targets_name_each_miss_by_renderer():
+    assert missed_targets({"primary": chat_eval(), "alt": chat_eval()}, is_chat=True) == []
+    missed = missed_targets({"primary": chat_eval(count=0.88), "alt": chat_eval(yes_no=0.9499, named=0.89)}, True)
+    assert missed == [
+        "count on the own renderer (88.0)",
+        "yes_no on the second renderer (95.0)",
+        "objects named on the second renderer (89.0)",
+    ]
+    assert missed_targets({"primary": chat_eval(color=0.95)}, True) == []  # the target is >= 95%
+
+
+def test_sqa_targets_are_accuracy_and_every_format_kept():
+    ok = {"accuracy": {"subject/colors": 0.5, "all/Avg": 0.96}, "format_kept": 1.0}
+    assert missed_targets({"primary": ok}, is_chat=False) == []
+    bad = {"accuracy": {"all/Avg": 0.81}, "format_kept": 0.99}
+    assert missed_targets({"alt": bad}, False) == [
+        "accuracy on the second renderer (81.0)",
+        "format kept on the second renderer (99.0)",
+    ]

@@ -415,5 +415,5 @@ def pretrain_clip(
             return result
 
     eval_every = max(1, -(-cfg.optim.steps // 4))  # four checks per run
-    params = list(clip.parameters()) + (list(head.parameters()) if cfg.summary_weight else [])
+    params = list(clip.parameters()) + (list(head.parameters()) if head is not None else [])
     return train(params, loss_fn, cfg.optim, "clip", evaluate, eval_every, progress)

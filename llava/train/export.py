@@ -20,7 +20,6 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from llava.train.card import chat_table, sqa_table
 from llava.train.config import ModelSizes, PipelineConfig
-from llava.train.loop import History
 from llava.train.pipeline import CHAT_NAME, SQA_NAME, Report, evaluate_all, run_setup, write_outputs
 
 STORED_DTYPE = "bfloat16"
@@ -29,18 +28,9 @@ STORED_DTYPE = "bfloat16"
 def read_report(folder: Path) -> Report:
     path = folder / "training_report.json"
     try:
-        raw = json.loads(path.read_text())
-        report = Report(
-            config=raw["config"],
-            timings=raw["timings_s"],
-            params=raw["params"],
-            data=raw["data"],
-            evals=raw["evals"],
-        )
-        report.histories = {k: History.from_json(h) for k, h in raw["histories"].items()}
+        return Report.from_json(json.loads(path.read_text()))
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise SystemExit(f"export: {path} is not a pipeline report: {e!r}") from e
-    return report
 
 
 def eval_config(report: Report) -> PipelineConfig:
@@ -59,7 +49,6 @@ def export(src: Path, out: Path, progress: bool = True) -> Report:
         model = LlavaForConditionalGeneration.from_pretrained(src / name, dtype=torch.float32)
         model.to(getattr(torch, STORED_DTYPE)).save_pretrained(out / name, safe_serialization=True)
         AutoProcessor.from_pretrained(src / name).save_pretrained(out / name)
-        (out / name / "generation_config.json").write_text((src / name / "generation_config.json").read_text())
     report.config["stored_dtype"] = STORED_DTYPE
     cfg = eval_config(report)
     cfg.progress = progress

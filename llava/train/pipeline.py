@@ -72,6 +72,12 @@ class Report:
             "histories": {k: h.to_json() for k, h in self.histories.items()},
         }
 
+    @classmethod
+    def from_json(cls, raw: dict) -> Report:
+        """The inverse of `to_json` (a run's `training_report.json`)."""
+        histories = {k: History.from_json(h) for k, h in raw["histories"].items()}
+        return cls(raw["config"], raw["timings_s"], histories, raw["params"], raw["data"], raw["evals"])
+
 
 def _pixels(pictures: list[Picture], processor) -> torch.Tensor:
     return to_uint8([p.image() for p in pictures], processor.image_processor)

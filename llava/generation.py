@@ -5,6 +5,7 @@ The CLI, the model worker and the benchmarks all generate through `stream_genera
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,12 @@ from llava.images import decode_base64
 from llava.model.loader import LoadedModel
 
 IMAGE_TOKEN = "<image>"
+
+
+def cache_argument(model: torch.nn.Module) -> str:
+    """The name `forward` takes the KV cache under: `cache` from transformers 5.24 on, where the older
+    `past_key_values` still works but warns (and goes in 5.40); `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 @dataclass(slots=True)
@@ -138,8 +145,9 @@ def stream_generate(
         generator = torch.Generator(device=loaded.model.device).manual_seed(params.seed)
 
     model = loaded.model
+    cache = cache_argument(model)
     out = model(**inputs, use_cache=True)  # prefill: (1, T, vocab)
-    past = out.past_key_values
+    past = getattr(out, cache)
     logits = out.logits[0, -1]
     ids: list[int] = []
     shown = 0
@@ -166,8 +174,8 @@ def stream_generate(
         if len(ids) == budget:
             break
         step = torch.tensor([[token]], device=model.device)
-        out = model(input_ids=step, past_key_values=past, use_cache=True)
-        past = out.past_key_values
+        out = model(input_ids=step, use_cache=True, **{cache: past})
+        past = getattr(out, cache)
         logits = out.logits[0, -1]
     timings["total_s"] = time.perf_counter() - start
     timings.setdefault("first_token_s", timings["total_s"])

@@ -1,13 +1,16 @@
 """Loading and generation on a tiny random checkpoint loaded through from_pretrained."""
 
+import functools
+import inspect
 import json
 import shutil
 
 import pytest
+import torch
 
 from llava.conversation import conv_templates
 from llava.errors import ContextOverflowError, ModelLoadError, PromptError
-from llava.generation import GenerationParams, _held_back, generate, stream_generate
+from llava.generation import GenerationParams, _held_back, eos_token_ids, generate, prepare_inputs, stream_generate
 from llava.images import encode_base64
 from llava.model.loader import load_pretrained, model_name_from_path
 
@@ -73,6 +76,40 @@ def test_greedy_is_deterministic_and_streams_prefixes(tiny_loaded, shapes_image)
     assert again.text == final.text
     assert again.output_tokens == final.output_tokens
     assert final.timings["total_s"] >= final.timings["first_token_s"] > 0
+
+
+def test_decoding_over_the_cache_matches_recomputing_everything(tiny_loaded, shapes_image, monkeypatch):
+    model = tiny_loaded.model
+    kwargs_seen: list[set[str]] = []
+    forward = model.forward
+
+    @functools.wraps(forward)
+    def spy(*args, **kwargs):
+        kwargs_seen.append(set(kwargs))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", spy)
+    out = generate(tiny_loaded, _prompt(), [shapes_image], GenerationParams(temperature=0, max_new_tokens=8))
+    monkeypatch.undo()
+    assert len(kwargs_seen) >= 2  # prefill, then at least one step over the cache
+    if "cache" in inspect.signature(forward).parameters:  # transformers >= 5.24: the old name only warns
+        assert not any("past_key_values" in seen for seen in kwargs_seen)
+
+    inputs = prepare_inputs(tiny_loaded, _prompt(), [shapes_image])
+    ids, eos = inputs["input_ids"], eos_token_ids(tiny_loaded)
+    new: list[int] = []
+    with torch.inference_mode():
+        for _ in range(8):
+            mask = torch.ones_like(ids)
+            token = int(
+                model(input_ids=ids, attention_mask=mask, pixel_values=inputs["pixel_values"]).logits[0, -1].argmax()
+            )
+            if token in eos:
+                break
+            new.append(token)
+            ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+    assert out.output_tokens == len(new)
+    assert out.text == tiny_loaded.processor.tokenizer.decode(new, skip_special_tokens=True)
 
 
 def test_sampling_with_seed_is_reproducible(tiny_loaded, shapes_image):

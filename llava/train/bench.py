@@ -1,9 +1,11 @@
-"""Seconds per stage-2 chat step at the full run's sizes, with and without the grounding loss.
+"""Seconds and FLOPs per stage-2 chat step at the full run's sizes, with and without the grounding loss.
 
     python -m llava.train.bench --pictures 1500 --steps 15
 
 Random weights: the time of a step does not depend on what the model knows, so no earlier stage is needed.
-The sequences, batch size and grounding targets are the full run's (`PipelineConfig`).
+The sequences, batch size and grounding targets are the full run's (`PipelineConfig`). The FLOPs are
+torch's count of the same steps' matrix products (forward and backward; the optimiser's elementwise work is
+not counted), so FLOP/s against a plain float32 matmul's says how near the CPU's limit a step runs.
 """
 
 from __future__ import annotations
@@ -11,8 +13,11 @@ from __future__ import annotations
 import argparse
 import random
 import time
+from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 from transformers import LlavaForConditionalGeneration
 from transformers.utils import logging as hf_logging
 
@@ -26,8 +31,15 @@ from llava.train.pipeline import _encode, _features
 from llava.train.stages import StageConfig, run_stage
 
 
-def step_seconds(pictures: int, steps: int, seed: int = 0) -> dict[str, float]:
-    """Mean seconds per step of the chat stage: {"no grounding": s, "grounding": s}."""
+@dataclass(frozen=True, slots=True)
+class StepCost:
+    seconds: float  # mean wall time of a step
+    flops: float  # mean counted FLOPs of a step
+
+
+def step_costs(pictures: int, steps: int, seed: int = 0) -> dict[str, StepCost]:
+    """Mean cost per step of the chat stage, {"no grounding": ..., "grounding": ...}: the same batches are
+    run twice, once counting FLOPs (slower) and once timed."""
     cfg = PipelineConfig()
     sizes = cfg.sizes
     tokenizer = train_tokenizer(build_corpus(500, 100, seed, 500), sizes.vocab_size)
@@ -44,14 +56,28 @@ def step_seconds(pictures: int, steps: int, seed: int = 0) -> dict[str, float]:
     ground = grounding_targets(examples, scenes, tokenizer, config.image_token_id, config.image_seq_length)
     out = {}
     for name, weight in (("no grounding", 0.0), ("grounding", cfg.stage2.ground_weight)):
-        model.load_state_dict(start_state)
         stage = StageConfig(
             name, cfg.stage2.batch_size, OptimConfig(steps=steps, lr=1e-4, warmup=1), True, seed, weight
         )
-        start = time.perf_counter()
-        run_stage(model, examples, feats, index, stage, progress=False, ground=ground if weight else None)
-        out[name] = (time.perf_counter() - start) / steps
+        counter = FlopCounterMode(display=False)
+        for mode in (counter, nullcontext()):  # counting slows a step down: the second run is the timed one
+            model.load_state_dict(start_state)
+            start = time.perf_counter()
+            with mode:
+                run_stage(model, examples, feats, index, stage, progress=False, ground=ground if weight else None)
+        out[name] = StepCost((time.perf_counter() - start) / steps, counter.get_total_flops() / steps)
     return out
+
+
+def matmul_flops_per_second(size: int = 1024, repeats: int = 20) -> float:
+    """What a plain float32 `size` x `size` matmul reaches on this CPU with torch's threads: the bar for a step."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return repeats * 2 * size**3 / (time.perf_counter() - start)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,12 +90,23 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--pictures and --steps must be at least 1")
     hf_logging.set_verbosity_error()
     torch.set_num_threads(args.threads)
-    times = step_seconds(args.pictures, args.steps)
-    base = times["no grounding"]
-    for name, seconds in times.items():
-        print(f"{name:>13}: {seconds:.3f} s/step  ({100 * (seconds / base - 1):+.1f}%)")
+    before = matmul_flops_per_second()  # a shared machine's speed drifts: the bar is taken on both sides
+    costs = step_costs(args.pictures, args.steps)
+    after = matmul_flops_per_second()
+    peak = max(before, after)
+    base = costs["no grounding"].seconds
+    for name, cost in costs.items():
+        rate = cost.flops / cost.seconds
+        print(
+            f"{name:>13}: {cost.seconds:.3f} s/step  ({100 * (cost.seconds / base - 1):+.1f}%)  "
+            f"{cost.flops / 1e9:.1f} GFLOP/step  {rate / 1e9:.0f} GFLOP/s = {100 * rate / peak:.0f}% of a matmul's"
+        )
     steps = PipelineConfig().stage2.optim.steps
-    print(f"grounding adds {(times['grounding'] - base) * steps / 60:.1f} min to {steps} chat steps")
+    print(f"grounding adds {(costs['grounding'].seconds - base) * steps / 60:.1f} min to {steps} chat steps")
+    print(
+        f"a 1024x1024 float32 matmul: {before / 1e9:.0f} GFLOP/s before, {after / 1e9:.0f} after, "
+        f"on {torch.get_num_threads()} threads"
+    )
     return 0
 
 

@@ -5,7 +5,8 @@
 Random weights: the time of a step does not depend on what the model knows, so no earlier stage is needed.
 The sequences, batch size and grounding targets are the full run's (`PipelineConfig`). The FLOPs are
 torch's count of the same steps' matrix products (forward and backward; the optimiser's elementwise work is
-not counted), so FLOP/s against a plain float32 matmul's says how near the CPU's limit a step runs.
+not counted), so FLOP/s against a plain matmul's, in the precision the steps train in, says how near the
+CPU's limit a step runs.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from llava.model.tiny import build_config, build_processor, train_tokenizer
 from llava.train.config import PipelineConfig
 from llava.train.corpus import build_corpus
 from llava.train.ground import grounding_targets
-from llava.train.loop import OptimConfig
+from llava.train.loop import OptimConfig, fast_bf16
 from llava.train.pipeline import _encode, _features
 from llava.train.stages import StageConfig, run_stage
 
@@ -70,14 +71,16 @@ def step_costs(pictures: int, steps: int, seed: int = 0) -> dict[str, StepCost]:
 
 
 def matmul_flops_per_second(size: int = 1024, repeats: int = 20) -> float:
-    """What a plain float32 `size` x `size` matmul reaches on this CPU with torch's threads: the bar for a step."""
+    """What a plain `size` x `size` matmul reaches with torch's threads, autocast as training is (bf16 where the
+    CPU does it natively, else float32): the bar for a step."""
     a, b = torch.randn(size, size), torch.randn(size, size)
-    for _ in range(3):
-        a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return repeats * 2 * size**3 / (time.perf_counter() - start)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast_bf16()):
+        for _ in range(3):
+            a @ b
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        return repeats * 2 * size**3 / (time.perf_counter() - start)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     steps = PipelineConfig().stage2.optim.steps
     print(f"grounding adds {(costs['grounding'].seconds - base) * steps / 60:.1f} min to {steps} chat steps")
     print(
-        f"a 1024x1024 float32 matmul: {before / 1e9:.0f} GFLOP/s before, {after / 1e9:.0f} after, "
+        f"a 1024x1024 {'bfloat16' if fast_bf16() else 'float32'} matmul: {before / 1e9:.0f} GFLOP/s before, "
+        f"{after / 1e9:.0f} after, "
         f"on {torch.get_num_threads()} threads"
     )
     return 0

@@ -109,6 +109,53 @@ def test_stages_share_and_separate_the_right_weights(smoke):
     assert not all(torch.equal(chat[k], stage1[k]) for k in lm), "stage 1 leaves the LM as pre-trained"
 
 
+@pytest.mark.slow
+def test_a_run_resumed_from_stage1_trains_what_the_full_run_trained(smoke, tmp_path):
+    # --from-stage1 skips the pre-training: each stage draws its own data stream, so the same seed gives the
+    # same fine-tune, weight for weight, and the report still covers the stages the resumed run took
+    src, _, _ = smoke
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    args = [sys.executable, "-m", "llava.train.pipeline", "--smoke", "--quiet", "--only", "chat"]
+    proc = subprocess.run(
+        [*args, "--out", str(tmp_path), "--from-stage1", str(src / "stage1")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "clip ..." not in proc.stdout and "stage2-chat done" in proc.stdout and "stage2-sqa" not in proc.stdout
+    assert not (tmp_path / "llava-shapes-sqa").exists()
+    resumed = load_file(tmp_path / "llava-shapes-chat" / "model.safetensors")
+    full = load_file(src / "llava-shapes-chat" / "model.safetensors")
+    assert set(resumed) == set(full)
+    # equal but for float reordering: a busy machine moves weights by ~1e-9 (one step of training moves them ~1e-3)
+    assert [k for k in full if not torch.allclose(resumed[k], full[k], rtol=0, atol=1e-6)] == []
+    report = json.loads((tmp_path / "llava-shapes-chat" / "training_report.json").read_text())
+    earlier = json.loads((src / "stage1" / "training_report.json").read_text())
+    assert report["config"]["stage1_from"] == str(src / "stage1")
+    assert {k: report["timings_s"][k] for k in earlier["timings_s"]} == earlier["timings_s"]
+    assert report["timings_s"]["total"] > sum(earlier["timings_s"].values())
+    assert set(report["histories"]) == {"clip", "lm", "stage1", "stage2-chat"}
+    trained = json.loads((src / "llava-shapes-chat" / "training_report.json").read_text())
+    losses = trained["histories"]["stage2-chat"]["losses"]
+    assert report["histories"]["stage2-chat"]["losses"] == pytest.approx(losses, rel=1e-5)
+    assert all(
+        report["data"][k] == trained["data"][k] for k in ("chat_records", "chat_turns", "chat_grounded_positions")
+    )
+    assert "| stage2-chat |" in (tmp_path / "llava-shapes-chat" / "README.md").read_text()
+
+    no_report = tmp_path / "bare"
+    no_report.mkdir()
+    bad = subprocess.run(
+        [*args, "--out", str(tmp_path / "x"), "--from-stage1", str(no_report), "--no-eval"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "save stage 1 with --keep-stage1" in bad.stderr
+    full_size = subprocess.run(
+        [*args[:3], "--quiet", "--out", str(tmp_path / "y"), "--from-stage1", str(src / "stage1"), "--no-eval"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert full_size.returncode != 0 and "other model sizes" in full_size.stderr
+
+
 def test_loop_schedule_and_divergence():
     cfg = OptimConfig(steps=100, lr=1.0, warmup=10, min_lr_ratio=0.1)
     assert cfg.lr_at(0) == pytest.approx(0.1)

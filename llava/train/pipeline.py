@@ -3,6 +3,8 @@
     python -m llava.train.pipeline --out /tmp/run                # the full run (54 min on 2 bf16 cores, 85 on AVX2)
     python -m llava.train.export --src /tmp/run --out checkpoints/   # bfloat16 weights, scored again
     python -m llava.train.pipeline --out /tmp/smoke --smoke      # every stage, tiny, for the tests
+    python -m llava.train.pipeline --out /tmp/try --from-stage1 /tmp/run/stage1 --only chat   # a stage-2 recipe
+                                                                 # (/tmp/run made with --keep-stage1)
 
 1. corpus + BPE tokenizer   2. CLIP pre-training (contrastive: captions, object regions, patches)   3. LM pre-training (text)
 4. stage 1: projector only, picture/caption pairs
@@ -23,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import LlamaForCausalLM, LlavaForConditionalGeneration
+from transformers import AutoProcessor, LlamaForCausalLM, LlavaForConditionalGeneration
 from transformers.utils import logging as hf_logging
 
 from llava.data.build import Picture, instruct_records, make_pictures, sqa_pictures
@@ -41,6 +43,7 @@ from llava.train.sequences import Example, encode_record, encode_text
 from llava.train.stages import StageConfig, pretrain_lm, run_stage
 
 CHAT_NAME, SQA_NAME = "llava-shapes-chat", "llava-shapes-sqa"
+REPORT_FILE = "training_report.json"
 
 
 @dataclass(slots=True)
@@ -128,11 +131,45 @@ def count_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def train_all(cfg: PipelineConfig, out: Path, keep_stage1: bool = False) -> Report:
-    """Run stages 1-6; both checkpoints are saved under `out` (and the stage-1 model under
-    `out/stage1`, if `keep_stage1`, to try stage-2 recipes from without the hour before it)."""
+PRETRAINING = ("corpus+tokenizer", "clip", "lm", "stage1")  # what `--from-stage1` takes from an earlier run
+FINETUNES = {"chat": CHAT_NAME, "sqa": SQA_NAME}
+# the settings of the stages after stage 1: a run resumed from stage 1 takes them from its own configuration
+FINETUNE_SETTINGS = ("chat_pictures", "chat_per_picture", "stage2", "sqa_problems", "sqa_lookups", "sqa")
+FINETUNE_SETTINGS += ("eval_pictures", "eval_problems", "eval_max_new_tokens", "seed")
+
+
+def stage_rng(seed: int, stage: str) -> random.Random:
+    """Each stage draws its data from a stream of its own, so a run resumed from stage 1 trains on the same
+    data as the full run with that seed."""
+    return random.Random(f"{seed}/{stage}")
+
+
+def train_all(
+    cfg: PipelineConfig,
+    out: Path,
+    keep_stage1: bool = False,
+    from_stage1: Path | None = None,
+    only: tuple[str, ...] = tuple(FINETUNES),
+) -> Report:
+    """Run stages 1-6 (or load 1-4 from `from_stage1`, a folder `keep_stage1` wrote); the checkpoints of the
+    fine-tunes in `only` are saved under `out`, and the stage-1 model under `out/stage1` if `keep_stage1`, to try
+    stage-2 recipes from without the hour before it."""
+    if from_stage1 is None:
+        model, processor, report = pretrain(cfg, out / "stage1" if keep_stage1 else None)
+    else:
+        model, processor, report = load_stage1(cfg, from_stage1)
+    after_stage1 = {k: v.clone() for k, v in model.state_dict().items()}
+    if "chat" in only:
+        finetune_chat(cfg, model, processor, report, out)
+    if "sqa" in only:
+        model.load_state_dict(after_stage1)
+        finetune_sqa(cfg, model, processor, report, out)
+    return report
+
+
+def pretrain(cfg: PipelineConfig, stage1_dir: Path | None) -> tuple[LlavaForConditionalGeneration, object, Report]:
+    """Stages 1-4: tokenizer, CLIP, LM, then stage 1 (the projector). Saved with its report if `stage1_dir`."""
     torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
     report = Report(config=asdict(cfg) | {"machine": machine()})
     sizes = cfg.sizes
 
@@ -146,7 +183,7 @@ def train_all(cfg: PipelineConfig, out: Path, keep_stage1: bool = False) -> Repo
     norm = lambda x: normalize(x, processor.image_processor)  # noqa: E731
 
     with report.timed("clip"):
-        pictures = make_pictures(rng, cfg.clip_pictures, "clip")
+        pictures = make_pictures(stage_rng(cfg.seed, "clip"), cfg.clip_pictures, "clip")
         holdout = make_pictures(random.Random(cfg.seed + 1), cfg.holdout_pictures, "holdout")
         clip = build_clip(config.vision_config, tokenizer, cfg.clip)
         report.histories["clip"] = pretrain_clip(
@@ -171,24 +208,55 @@ def train_all(cfg: PipelineConfig, out: Path, keep_stage1: bool = False) -> Repo
         "projector": count_params(model.model.multi_modal_projector),
         "language_model": count_params(model.model.language_model) + count_params(model.lm_head),
     }
-    n_img, max_len = config.image_seq_length, sizes.max_position_embeddings
 
     with report.timed("stage1"):
+        rng = stage_rng(cfg.seed, "stage1")
         pictures = make_pictures(rng, cfg.stage1_pictures, "stage1")
         feats, index = _features(model, pictures, processor)
         records = instruct_records(pictures, rng, mix={"brief": 1.0})
-        examples = _encode(records, tokenizer, n_img, max_len)
+        examples = _encode(records, tokenizer, config.image_seq_length, sizes.max_position_embeddings)
         report.histories["stage1"] = run_stage(model, examples, feats, index, cfg.stage1, progress=cfg.progress)
         report.data["stage1_pairs"] = len(records)
-    after_stage1 = {k: v.clone() for k, v in model.state_dict().items()}
-    if keep_stage1:
-        save_checkpoint(model, processor, out / "stage1")
+    if stage1_dir is not None:
+        save_checkpoint(model, processor, stage1_dir)
+        (stage1_dir / REPORT_FILE).write_text(json.dumps(report.to_json(), indent=1))
+    return model, processor, report
 
+
+def load_stage1(cfg: PipelineConfig, folder: Path) -> tuple[LlavaForConditionalGeneration, object, Report]:
+    """The stage-1 model and the report of the stages that made it, as `--keep-stage1` saved them. The report
+    keeps the settings those stages ran with; the fine-tunes' settings are this run's."""
+    path = folder / REPORT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no report of the stages before; save stage 1 with --keep-stage1")
+    report = Report.from_json(json.loads(path.read_text()))
+    if report.config.get("sizes") != asdict(cfg.sizes):
+        raise ValueError(
+            f"{path}: stage 1 has other model sizes than this run ({'smoke' if cfg.sizes.image_size < 48 else 'full'})"
+        )
+    missing = [stage for stage in PRETRAINING if stage not in report.timings]
+    if missing:
+        raise ValueError(f"{path}: no timing of {', '.join(missing)}; is this a stage-1 folder?")
+    here = machine()
+    if report.config.get("machine") != here:
+        report.config["machine"] = f"{here}; stages up to stage 1 on {report.config.get('machine', 'another machine')}"
+    mine = asdict(cfg)
+    report.config |= {key: mine[key] for key in FINETUNE_SETTINGS} | {"stage1_from": str(folder)}
+    processor = AutoProcessor.from_pretrained(folder)
+    model = LlavaForConditionalGeneration.from_pretrained(folder, torch_dtype=torch.float32)
+    return model, processor, report
+
+
+def finetune_chat(cfg: PipelineConfig, model, processor, report: Report, out: Path) -> None:
+    """Stage 2, chat: projector + LM on the teacher's instruction data, with the grounding loss."""
+    torch.manual_seed(cfg.seed)
+    config, tokenizer = model.config, processor.tokenizer
     with report.timed("stage2-chat"):
+        rng = stage_rng(cfg.seed, "chat")
         pictures = make_pictures(rng, cfg.chat_pictures, "chat")
         feats, index = _features(model, pictures, processor)
         records = instruct_records(pictures, rng, per_picture=cfg.chat_per_picture)
-        examples = _encode(records, tokenizer, n_img, max_len)
+        examples = _encode(records, tokenizer, config.image_seq_length, cfg.sizes.max_position_embeddings)
         ground = _grounding(cfg.stage2, examples, pictures, tokenizer, config, report, "chat")
         report.histories["stage2-chat"] = run_stage(
             model, examples, feats, index, cfg.stage2, progress=cfg.progress, ground=ground
@@ -197,14 +265,19 @@ def train_all(cfg: PipelineConfig, out: Path, keep_stage1: bool = False) -> Repo
         report.data["chat_turns"] = sum(len(r["conversations"]) // 2 for r in records)
         save_checkpoint(model, processor, out / CHAT_NAME)
 
-    model.load_state_dict(after_stage1)
+
+def finetune_sqa(cfg: PipelineConfig, model, processor, report: Report, out: Path) -> None:
+    """From stage 1 again: projector + LM on ScienceQA-format problems and option look-ups, with grounding."""
+    torch.manual_seed(cfg.seed)
+    config, tokenizer = model.config, processor.tokenizer
     with report.timed("stage2-sqa"):
+        rng = stage_rng(cfg.seed, "sqa")
         problems, scenes = make_problems(rng, cfg.sqa_problems, "train")
         pictures = list(sqa_pictures(scenes, rng).values())
         feats, index = _features(model, pictures, processor)
         records = [to_instruct(pid, p) for pid, p in problems.items()]
         records += [lookup_record(rng, f"lookup-{k}") for k in range(cfg.sqa_lookups)]
-        examples = _encode(records, tokenizer, n_img, max_len)
+        examples = _encode(records, tokenizer, config.image_seq_length, cfg.sizes.max_position_embeddings)
         ground = _grounding(cfg.sqa, examples, pictures, tokenizer, config, report, "sqa")
         report.histories["stage2-sqa"] = run_stage(
             model, examples, feats, index, cfg.sqa, progress=cfg.progress, ground=ground
@@ -212,37 +285,40 @@ def train_all(cfg: PipelineConfig, out: Path, keep_stage1: bool = False) -> Repo
         report.data["sqa_problems"] = len(problems)
         report.data["sqa_lookups"] = cfg.sqa_lookups
         save_checkpoint(model, processor, out / SQA_NAME)
-    return report
 
 
-def evaluate_all(cfg: PipelineConfig, out: Path, report: Report) -> None:
-    """Score both checkpoints, loaded from disk as a worker loads them, on both renderers."""
+def evaluate_all(cfg: PipelineConfig, out: Path, report: Report, only: tuple[str, ...] = tuple(FINETUNES)) -> None:
+    """Score the checkpoints, loaded from disk as a worker loads them, on both renderers."""
     from llava.eval.chat import evaluate_chat
     from llava.eval.sqa import evaluate_world_sqa
     from llava.model.loader import load_pretrained
 
+    budget = cfg.eval_max_new_tokens
     with report.timed("eval"):
-        chat = load_pretrained(out / CHAT_NAME, device="cpu")
-        sqa = load_pretrained(out / SQA_NAME, device="cpu")
+        models = {key: load_pretrained(out / FINETUNES[key], device="cpu") for key in only}
         for renderer in ("primary", "alt"):
-            budget = cfg.eval_max_new_tokens
-            result = evaluate_chat(chat, cfg.eval_pictures, renderer, progress=cfg.progress, max_new_tokens=budget)
-            report.evals.setdefault(CHAT_NAME, {})[renderer] = result.to_json()
-            table = evaluate_world_sqa(
-                sqa, cfg.eval_problems, renderer, progress=cfg.progress, max_new_tokens=budget or 128
-            )
-            report.evals.setdefault(SQA_NAME, {})[renderer] = table.to_json()
+            if "chat" in models:
+                result = evaluate_chat(
+                    models["chat"], cfg.eval_pictures, renderer, progress=cfg.progress, max_new_tokens=budget
+                )
+                report.evals.setdefault(CHAT_NAME, {})[renderer] = result.to_json()
+            if "sqa" in models:
+                table = evaluate_world_sqa(
+                    models["sqa"], cfg.eval_problems, renderer, progress=cfg.progress, max_new_tokens=budget or 128
+                )
+                report.evals.setdefault(SQA_NAME, {})[renderer] = table.to_json()
 
 
-def write_outputs(cfg: PipelineConfig, out: Path, report: Report) -> None:
+def write_outputs(cfg: PipelineConfig, out: Path, report: Report, only: tuple[str, ...] = tuple(FINETUNES)) -> None:
     from llava.train.card import write_card
     from llava.train.curves import plot_histories
 
-    for name, stage in ((CHAT_NAME, "stage2-chat"), (SQA_NAME, "stage2-sqa")):
+    for key in only:
+        name, stage = FINETUNES[key], f"stage2-{key}"
         folder = out / name
         stages = [report.histories[k] for k in ("clip", "lm", "stage1", stage)]
         plot_histories(stages, folder / "training_curves.png", f"{name}: training loss per stage")
-        (folder / "training_report.json").write_text(json.dumps(report.to_json(), indent=1))
+        (folder / REPORT_FILE).write_text(json.dumps(report.to_json(), indent=1))
         write_card(folder, name, report, smoke=cfg.sizes.image_size < 48)
 
 
@@ -265,16 +341,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation and the tables in the cards")
     p.add_argument("--keep-stage1", action="store_true", help="also save the stage-1 model under OUT/stage1")
+    p.add_argument(
+        "--from-stage1", type=Path, metavar="DIR",
+        help="start from the stage-1 model a --keep-stage1 run saved in DIR (same sizes; its stages' settings kept)",
+    )  # fmt: skip
+    p.add_argument("--only", choices=tuple(FINETUNES), help="train (and score) one of the two fine-tunes")
     args = run_setup(p, argv)
     cfg = PipelineConfig.smoke() if args.smoke else PipelineConfig()
     cfg.seed = args.seed
     cfg.progress = cfg.progress and not args.quiet
+    only = (args.only,) if args.only else tuple(FINETUNES)
     start = time.perf_counter()
-    report = train_all(cfg, args.out, keep_stage1=args.keep_stage1)
+    report = train_all(cfg, args.out, keep_stage1=args.keep_stage1, from_stage1=args.from_stage1, only=only)
     if not args.no_eval:
-        evaluate_all(cfg, args.out, report)
-    report.timings["total"] = time.perf_counter() - start
-    write_outputs(cfg, args.out, report)
+        evaluate_all(cfg, args.out, report, only)
+    earlier = sum(report.timings[k] for k in PRETRAINING) if args.from_stage1 else 0.0
+    report.timings["total"] = earlier + time.perf_counter() - start  # a resumed run counts the stages it took
+    write_outputs(cfg, args.out, report, only)
     for stage, seconds in report.timings.items():
         print(f"{stage:>18}: {seconds / 60:6.2f} min")
     return 0

@@ -75,6 +75,13 @@ class PipelineConfig:
     eval_max_new_tokens: int | None = None  # None: enough for every answer (smoke: a few tokens)
     progress: bool = True
 
+    def reseed(self, seed: int) -> PipelineConfig:
+        """The same recipe under another seed: data, initialisation and every stage's batch order follow it."""
+        self.seed = seed
+        for stage in (self.stage1, self.stage2, self.sqa):
+            stage.seed = seed
+        return self
+
     @classmethod
     def smoke(cls) -> PipelineConfig:
         """Every stage end to end in well under two minutes: tiny sizes, a few steps."""

@@ -347,8 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     p.add_argument("--only", choices=tuple(FINETUNES), help="train (and score) one of the two fine-tunes")
     args = run_setup(p, argv)
-    cfg = PipelineConfig.smoke() if args.smoke else PipelineConfig()
-    cfg.seed = args.seed
+    cfg = (PipelineConfig.smoke() if args.smoke else PipelineConfig()).reseed(args.seed)
     cfg.progress = cfg.progress and not args.quiet
     only = (args.only,) if args.only else tuple(FINETUNES)
     start = time.perf_counter()

@@ -11,6 +11,7 @@ import pytest
 from llava.data import teacher
 from llava.data.build import instruct_records, make_pictures
 from llava.data.instruct import DataFormatError, load_instruct, save_instruct
+from llava.data.sqa_world import make_problems
 from llava.data.world import NUMBER_WORDS, Scene, SceneContext, SceneObject, region_of, sample_scene, scene_context
 
 SCENES = [sample_scene(random.Random(100 + k)) for k in range(150)]
@@ -77,6 +78,18 @@ def test_yes_no_questions_are_balanced():
     answers = [teacher.ask_exists(teacher.read_items(scene_context(s)), rng)[1] for s in SCENES * 2]
     yes = sum(a.startswith("Yes") for a in answers) / len(answers)
     assert 0.35 < yes < 0.65
+
+
+def test_pictures_can_weigh_scenes_by_their_object_count():
+    weighed = make_pictures(random.Random(0), 400, "w", count_weights=(1, 2, 3, 4))
+    share = [sum(len(p.scene.objects) == n for p in weighed) / 400 for n in (1, 2, 3, 4)]
+    assert share[0] < 0.15 and share[3] > 0.32 and share == sorted(share)
+    assert {len(p.scene.objects) for p in make_pictures(random.Random(0), 20, "w", count_weights=(0, 0, 0, 1))} == {4}
+    uniform = make_pictures(random.Random(0), 400, "u")
+    assert all(0.18 < sum(len(p.scene.objects) == n for p in uniform) / 400 < 0.32 for n in (1, 2, 3, 4))
+    problems, scenes = make_problems(random.Random(0), 60, "w", count_weights=(0, 0, 1))
+    assert scenes and {len(s.objects) for s in scenes.values()} == {3}
+    assert all("three shapes" in p["hint"].lower() for p in problems.values() if p["hint"])  # told scenes too
 
 
 def test_description_names_every_object_with_size_colour_shape_and_place():

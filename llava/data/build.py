@@ -54,10 +54,13 @@ def make_style(rng: random.Random, scene: Scene, renderer: str) -> RenderStyle |
     raise ValueError(f"unknown renderer {renderer!r}; use one of {RENDERERS}")
 
 
-def make_pictures(rng: random.Random, n: int, prefix: str, renderer: str = "primary") -> list[Picture]:
+def make_pictures(
+    rng: random.Random, n: int, prefix: str, renderer: str = "primary", count_weights: Sequence[float] | None = None
+) -> list[Picture]:
+    """`n` random pictures; `count_weights[k]` weighs scenes of k + 1 objects (default: uniform)."""
     pictures = []
     for k in range(n):
-        scene = sample_scene(rng)
+        scene = sample_scene(rng, count_weights=count_weights)
         pictures.append(Picture(f"{prefix}_{k:06d}.png", scene, make_style(rng, scene, renderer)))
     return pictures
 

@@ -8,7 +8,7 @@ and shapes. Subjects, grades and topics are our world's stand-ins for ScienceQA'
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from llava.data.teacher import Item, matching, read_items, uniquely_named
@@ -211,9 +211,16 @@ def fact(rng: random.Random) -> Problem:
 
 
 def make_problems(
-    rng: random.Random, n: int, split: str, start: int = 0, text_share: float = 0.15, fact_share: float = 0.1
+    rng: random.Random,
+    n: int,
+    split: str,
+    start: int = 0,
+    text_share: float = 0.15,
+    fact_share: float = 0.1,
+    count_weights: Sequence[float] | None = None,
 ) -> tuple[dict[str, Problem], dict[str, Scene]]:
-    """`n` problems keyed by id, and the scene behind every picture problem (to render its image.png)."""
+    """`n` problems keyed by id, and the scene behind every picture problem (to render its image.png); scenes of
+    k + 1 objects are weighed by `count_weights[k]` (default: uniform)."""
     problems: dict[str, Problem] = {}
     scenes: dict[str, Scene] = {}
     for k in range(start, start + n):
@@ -222,9 +229,9 @@ def make_problems(
         if roll < fact_share:
             p = fact(rng)
         elif roll < fact_share + text_share:
-            p = described(sample_scene(rng), rng)
+            p = described(sample_scene(rng, count_weights=count_weights), rng)
         else:
-            scene = sample_scene(rng)
+            scene = sample_scene(rng, count_weights=count_weights)
             items = read_items(scene_context(scene))
             p = None
             while p is None:

@@ -9,6 +9,7 @@ the `Scene` itself, so real captions + boxes could stand in for ours.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw
@@ -90,8 +91,17 @@ def _overlaps(a: Box, b: Box, gap: float) -> bool:
     return not (a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1])
 
 
-def sample_scene(rng: random.Random, n_objects: int | None = None, gap: float = 0.03, margin: float = 0.03) -> Scene:
-    """A random scene: uniform object count, shape, colour and size; boxes never overlap."""
+def sample_scene(
+    rng: random.Random,
+    n_objects: int | None = None,
+    gap: float = 0.03,
+    margin: float = 0.03,
+    count_weights: Sequence[float] | None = None,
+) -> Scene:
+    """A random scene: uniform shape, colour and size; boxes never overlap. The object count is `n_objects`, or
+    drawn with `count_weights[k]` the weight of k + 1 objects, or uniform."""
+    if n_objects is None and count_weights:
+        n_objects = rng.choices(range(1, len(count_weights) + 1), count_weights)[0]
     n = n_objects or rng.randint(1, MAX_OBJECTS)
     if not 1 <= n <= MAX_OBJECTS:
         raise ValueError(f"n_objects must be 1..{MAX_OBJECTS}, got {n}")

@@ -134,7 +134,16 @@ def count_params(module: torch.nn.Module) -> int:
 PRETRAINING = ("corpus+tokenizer", "clip", "lm", "stage1")  # what `--from-stage1` takes from an earlier run
 FINETUNES = {"chat": CHAT_NAME, "sqa": SQA_NAME}
 # the settings of the stages after stage 1: a run resumed from stage 1 takes them from its own configuration
-FINETUNE_SETTINGS = ("chat_pictures", "chat_per_picture", "stage2", "sqa_problems", "sqa_lookups", "sqa")
+FINETUNE_SETTINGS = (
+    "chat_pictures",
+    "chat_count_weights",
+    "chat_per_picture",
+    "stage2",
+    "sqa_problems",
+    "sqa_count_weights",
+    "sqa_lookups",
+    "sqa",
+)
 FINETUNE_SETTINGS += ("eval_pictures", "eval_problems", "eval_max_new_tokens", "seed")
 
 
@@ -253,7 +262,7 @@ def finetune_chat(cfg: PipelineConfig, model, processor, report: Report, out: Pa
     config, tokenizer = model.config, processor.tokenizer
     with report.timed("stage2-chat"):
         rng = stage_rng(cfg.seed, "chat")
-        pictures = make_pictures(rng, cfg.chat_pictures, "chat")
+        pictures = make_pictures(rng, cfg.chat_pictures, "chat", count_weights=cfg.chat_count_weights)
         feats, index = _features(model, pictures, processor)
         records = instruct_records(pictures, rng, per_picture=cfg.chat_per_picture)
         examples = _encode(records, tokenizer, config.image_seq_length, cfg.sizes.max_position_embeddings)
@@ -272,7 +281,7 @@ def finetune_sqa(cfg: PipelineConfig, model, processor, report: Report, out: Pat
     config, tokenizer = model.config, processor.tokenizer
     with report.timed("stage2-sqa"):
         rng = stage_rng(cfg.seed, "sqa")
-        problems, scenes = make_problems(rng, cfg.sqa_problems, "train")
+        problems, scenes = make_problems(rng, cfg.sqa_problems, "train", count_weights=cfg.sqa_count_weights)
         pictures = list(sqa_pictures(scenes, rng).values())
         feats, index = _features(model, pictures, processor)
         records = [to_instruct(pid, p) for pid, p in problems.items()]

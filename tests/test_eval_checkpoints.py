@@ -58,6 +58,9 @@ def test_chat_answers_held_out_pictures(chat, renderer):
     # floors under what the shipped model measures (descriptions name 76-80% of the objects on 200 pictures;
     # 12 pictures swing about 12 points): they catch a broken checkpoint, the card says how far from the target
     assert result.named_share >= 0.6
+    by_objects = result.to_json()["accuracy_by_objects"]
+    assert all(sum(map(len, result.by_objects[k].values())) == len(result.per_kind[k]) for k in by_objects)
+    assert set(by_objects) == set(result.per_kind) and {n for v in by_objects.values() for n in v} <= {1, 2, 3, 4}
 
 
 @needs_chat

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from llava.eval.questions import TARGET_KINDS
 from llava.train.card import missed_targets
 
@@ -31,4 +33,22 @@ def test_sqa_targets_are_accuracy_and_every_format_kept():
     assert missed_targets({"alt": bad}, False) == [
         "accuracy on the second renderer (81.0)",
         "format kept on the second renderer (99.0)",
+    ]
+
+
+def test_accuracy_by_object_count_reads_as_a_table_and_survives_json():
+    from llava.eval.chat import ChatResult
+    from llava.train.card import by_objects_table
+
+    result = ChatResult("primary")
+    for n, scores in ((1, [1, 1]), (4, [1, 0, 0, 0])):
+        result.by_objects["count"][n] += scores
+    result.by_objects["describe"][2].append(1.0)
+    evals = {"primary": json.loads(json.dumps(result.to_json())), "alt": {}}  # keys become strings; alt has none
+    assert evals["primary"]["accuracy_by_objects"] == {"count": {"1": 1.0, "4": 0.25}, "describe": {"2": 1.0}}
+    table = by_objects_table(evals).splitlines()
+    assert table[0] == "| kind | pictures | 1 object | 2 objects | 4 objects |"
+    assert table[2:] == [
+        "| count | own renderer | 100.0 | — | 25.0 |",
+        "| describe (every object named) | own renderer | — | 100.0 | — |",
     ]

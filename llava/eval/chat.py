@@ -30,6 +30,10 @@ class ChatResult:
     objects: int = 0  # objects in the described pictures
     extra: int = 0  # mentions of objects that are not there
     samples: list[dict] = field(default_factory=list)  # a few question/answer pairs to show
+    # kind -> objects in the picture -> 0/1 per question (describe: 1 when every object is named)
+    by_objects: dict[str, dict[int, list[float]]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(list))
+    )
 
     def accuracy(self, kind: str) -> float:
         values = self.per_kind.get(kind, [])
@@ -46,6 +50,11 @@ class ChatResult:
             "questions": {k: len(v) for k, v in self.per_kind.items()},
             "description_objects_named": self.named_share,
             "description_extra_mentions": self.extra,
+            "accuracy_by_objects": {
+                k: {n: sum(v) / len(v) for n, v in sorted(self.by_objects[k].items())}
+                for k in KINDS
+                if k in self.by_objects
+            },
             "samples": self.samples,
         }
 
@@ -85,6 +94,7 @@ def evaluate_chat(
             answer = ask(loaded, image, q.text, max_new_tokens=budget)
             s = score(q, answer)
             result.per_kind[q.kind].append(s["correct"])
+            result.by_objects[q.kind][len(scene.objects)].append(s["correct"])
             if q.kind == "describe":
                 result.named += int(s["named"])
                 result.objects += int(s["objects"])

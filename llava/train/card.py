@@ -38,6 +38,22 @@ def chat_table(evals: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def by_objects_table(evals: dict[str, dict]) -> str:
+    """Accuracy per kind against the number of objects in the picture, one row per kind and renderer: where a
+    recipe gains or loses (four-object scenes are where the models miss)."""
+    counts = sorted({int(n) for r in evals.values() for v in r.get("accuracy_by_objects", {}).values() for n in v})
+    lines = ["| kind | pictures | " + " | ".join(f"{n} object{'s' * (n > 1)}" for n in counts) + " |"]
+    lines.append("|---|---|" + "---|" * len(counts))
+    for kind in KINDS:
+        for renderer, r in evals.items():
+            acc = {int(n): v for n, v in r.get("accuracy_by_objects", {}).get(kind, {}).items()}
+            if acc:
+                name = RENDERER_NAMES.get(renderer, renderer).split(" (")[0]
+                label = "describe (every object named)" if kind == "describe" else kind
+                lines.append(f"| {label} | {name} | " + " | ".join(_pct(acc.get(n)) for n in counts) + " |")
+    return "\n".join(lines)
+
+
 def missed_targets(evals: dict[str, dict], is_chat: bool) -> list[str]:
     """The targets these figures miss, as `kind on renderer (value)`; empty when every one holds."""
     out = []

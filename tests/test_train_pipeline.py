@@ -149,7 +149,13 @@ def test_a_run_resumed_from_stage1_trains_what_the_full_run_trained(smoke, tmp_p
         [*args, "--out", str(tmp_path / "x"), "--from-stage1", str(no_report), "--no-eval"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert bad.returncode != 0 and "save stage 1 with --keep-stage1" in bad.stderr
+    assert bad.returncode == 2 and "save stage 1 with --keep-stage1" in bad.stderr and "Traceback" not in bad.stderr
+    (no_report / "training_report.json").write_text('{"config": {}}')
+    broken = subprocess.run(
+        [*args, "--out", str(tmp_path / "x"), "--from-stage1", str(no_report), "--no-eval"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert broken.returncode == 2 and "not a pipeline report" in broken.stderr
     full_size = subprocess.run(
         [*args[:3], "--quiet", "--out", str(tmp_path / "y"), "--from-stage1", str(src / "stage1"), "--no-eval"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,

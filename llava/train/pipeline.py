@@ -135,16 +135,14 @@ PRETRAINING = ("corpus+tokenizer", "clip", "lm", "stage1")  # what `--from-stage
 FINETUNES = {"chat": CHAT_NAME, "sqa": SQA_NAME}
 # the settings of the stages after stage 1: a run resumed from stage 1 takes them from its own configuration
 FINETUNE_SETTINGS = (
-    "chat_pictures",
-    "chat_count_weights",
-    "chat_per_picture",
-    "stage2",
-    "sqa_problems",
-    "sqa_count_weights",
-    "sqa_lookups",
-    "sqa",
+    *("chat_pictures", "chat_count_weights", "chat_per_picture", "stage2"),
+    *("sqa_problems", "sqa_count_weights", "sqa_lookups", "sqa"),
+    *("eval_pictures", "eval_problems", "eval_max_new_tokens", "seed"),
 )
-FINETUNE_SETTINGS += ("eval_pictures", "eval_problems", "eval_max_new_tokens", "seed")
+
+
+class ResumeError(ValueError):
+    """A `--from-stage1` folder this run cannot start from."""
 
 
 def stage_rng(seed: int, stage: str) -> random.Random:
@@ -167,11 +165,13 @@ def train_all(
         model, processor, report = pretrain(cfg, out / "stage1" if keep_stage1 else None)
     else:
         model, processor, report = load_stage1(cfg, from_stage1)
-    after_stage1 = {k: v.clone() for k, v in model.state_dict().items()}
+    both = "chat" in only and "sqa" in only
+    after_stage1 = {k: v.clone() for k, v in model.state_dict().items()} if both else None
     if "chat" in only:
         finetune_chat(cfg, model, processor, report, out)
     if "sqa" in only:
-        model.load_state_dict(after_stage1)
+        if after_stage1 is not None:
+            model.load_state_dict(after_stage1)
         finetune_sqa(cfg, model, processor, report, out)
     return report
 
@@ -237,22 +237,23 @@ def load_stage1(cfg: PipelineConfig, folder: Path) -> tuple[LlavaForConditionalG
     keeps the settings those stages ran with; the fine-tunes' settings are this run's."""
     path = folder / REPORT_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no report of the stages before; save stage 1 with --keep-stage1")
-    report = Report.from_json(json.loads(path.read_text()))
+        raise ResumeError(f"{path}: no report of the stages before; save stage 1 with --keep-stage1")
+    try:
+        report = Report.from_json(json.loads(path.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ResumeError(f"{path}: not a pipeline report ({e!r})") from e
     if report.config.get("sizes") != asdict(cfg.sizes):
-        raise ValueError(
-            f"{path}: stage 1 has other model sizes than this run ({'smoke' if cfg.sizes.image_size < 48 else 'full'})"
-        )
+        raise ResumeError(f"{path}: stage 1 has other model sizes than this run (--smoke on one of the two?)")
     missing = [stage for stage in PRETRAINING if stage not in report.timings]
     if missing:
-        raise ValueError(f"{path}: no timing of {', '.join(missing)}; is this a stage-1 folder?")
+        raise ResumeError(f"{path}: no timing of {', '.join(missing)}; is this a stage-1 folder?")
     here = machine()
     if report.config.get("machine") != here:
         report.config["machine"] = f"{here}; stages up to stage 1 on {report.config.get('machine', 'another machine')}"
     mine = asdict(cfg)
     report.config |= {key: mine[key] for key in FINETUNE_SETTINGS} | {"stage1_from": str(folder)}
     processor = AutoProcessor.from_pretrained(folder)
-    model = LlavaForConditionalGeneration.from_pretrained(folder, torch_dtype=torch.float32)
+    model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)
     return model, processor, report
 
 
@@ -360,7 +361,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg.progress = cfg.progress and not args.quiet
     only = (args.only,) if args.only else tuple(FINETUNES)
     start = time.perf_counter()
-    report = train_all(cfg, args.out, keep_stage1=args.keep_stage1, from_stage1=args.from_stage1, only=only)
+    try:
+        report = train_all(cfg, args.out, keep_stage1=args.keep_stage1, from_stage1=args.from_stage1, only=only)
+    except ResumeError as e:
+        p.error(str(e))
     if not args.no_eval:
         evaluate_all(cfg, args.out, report, only)
     earlier = sum(report.timings[k] for k in PRETRAINING) if args.from_stage1 else 0.0

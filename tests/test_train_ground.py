@@ -63,30 +63,44 @@ def _features(model, processor, pictures):
     return vision_features(model, pixels, lambda x: normalize(x, processor.image_processor))
 
 
-def test_words_get_the_patches_of_their_objects(parts):
+@pytest.mark.parametrize("absent", [False, True])
+def test_words_get_the_patches_of_their_objects(parts, absent):
     processor, model = parts
     tok, n_img = processor.tokenizer, model.config.image_seq_length
     qas = [
         ("What color is the triangle?", "There are two triangles: red and blue."),
         ("Is the blue triangle small?", "No."),
+        ("A square?", "No."),
+        ("A red circle?", "No."),  # a red object and a circle, not together
     ]
-    example = encode_record(teacher.to_record("r", "x.png", qas + [("A square?", "No.")]), tok, n_img)
-    targets = example_targets(example, _scene(), word_ids(tok), model.config.image_token_id, n_img)
+    example = encode_record(teacher.to_record("r", "x.png", qas), tok, n_img)
+    targets = example_targets(example, _scene(), word_ids(tok), model.config.image_token_id, n_img, absent)
     words = [tok.decode([example.input_ids[t.position]]).strip().removesuffix("###") for t in targets]
     # "square" has nothing to look at; after each shape word its next token looks at the same objects,
-    # narrowed to the colour named right before it ("blue triangle" -> only the blue one)
-    assert words == ["triangle", "?", "triangles", ":", "red", "blue", "blue", "triangle", "small"]
-    assert [(t.layer, t.head) for t in targets] == [
-        SHAPE_HEAD, NEXT_HEAD, SHAPE_HEAD, NEXT_HEAD, COLOR_HEAD, COLOR_HEAD, COLOR_HEAD, SHAPE_HEAD, NEXT_HEAD
+    # narrowed to the colour named right before it ("blue triangle" -> only the blue one). Where nothing
+    # matches, it looks at every object of the shape, or (absent=True) at the first token (None below)
+    expected = [
+        ("triangle", SHAPE_HEAD, (0, 1)), ("?", NEXT_HEAD, (0, 1)), ("triangles", SHAPE_HEAD, (0, 1)),
+        (":", NEXT_HEAD, (0, 1)), ("red", COLOR_HEAD, (0,)), ("blue", COLOR_HEAD, (1, 2)),
+        ("blue", COLOR_HEAD, (1, 2)), ("triangle", SHAPE_HEAD, (0, 1)), ("small", NEXT_HEAD, (1,)),
+    ] + ([("?", NEXT_HEAD, None)] if absent else []) + [
+        ("red", COLOR_HEAD, (0,)), ("circle", SHAPE_HEAD, (2,)), ("?", NEXT_HEAD, None if absent else (2,)),
     ]  # fmt: skip
-    looked_at = [(0, 1), (0, 1), (0, 1), (0, 1), (0,), (1, 2), (1, 2), (0, 1), (1,)]
+    assert words == [w for w, _, _ in expected]
+    assert [(t.layer, t.head) for t in targets] == [head for _, head, _ in expected]
     start = example.input_ids.index(model.config.image_token_id)
     grid = int(n_img**0.5)
-    for t, objects in zip(targets, looked_at, strict=True):
-        assert t.start == start
+    for t, (_, _, objects) in zip(targets, expected, strict=True):
         assert torch.isclose(t.weights.sum(), torch.tensor(1.0))
+        if objects is None:
+            assert (t.start, t.weights.tolist()) == (0, [1.0])
+            continue
+        assert t.start == start
         inside = sum(box_cover(_scene().objects[k].box, grid) for k in objects) > 0
         assert torch.all(t.weights[~inside] == 0) and torch.all(t.weights[inside] > 0)
+    (through,) = grounding_targets([example], {"x.png": _scene()}, tok, model.config.image_token_id, n_img, absent)
+    firsts = [t.position for t in through if t.start == 0]  # the flag reaches example_targets
+    assert firsts == [t.position for t, (_, _, objects) in zip(targets, expected, strict=True) if objects is None]
     text_only = encode_record(teacher.to_record("t", None, [("A triangle?", "Yes.")]), tok, n_img)
     assert grounding_targets([text_only], {}, tok, model.config.image_token_id, n_img) == [[]]
 

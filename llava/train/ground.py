@@ -11,7 +11,9 @@ attention heads are taught where to look, each patch weighted by how much of it 
 - layer 1, head 0 (the second hop): at the token right after a shape word, where the model goes on to say
   something about it ("The triangle is" -> colour), the same objects (only those of the colour named just
   before the shape word, if one is: "the red triangle"), and at the words of a place phrase after an object
-  phrase ("a large red circle at the top left": "the", "top"), that object;
+  phrase ("a large red circle at the top left": "the", "top"), that object. With `absent=True`, where the
+  phrase names nothing in the picture ("a red triangle?" beside a red square and a blue triangle, "a square?"
+  with none), it looks at the first token instead of every object of the shape (or nowhere);
 - layer 1, head 2: in an object phrase of an answer ("a large red circle", "the red circle"), at the article,
   size and colour words (each predicts the next word of the phrase: which object a description names next, or
   which one is "furthest to the right", is chosen here), the object the phrase names.
@@ -92,11 +94,17 @@ def word_ids(tokenizer) -> dict[int, tuple[str, str]]:
 
 
 def example_targets(
-    example: Example, scene: Scene, words: dict[int, tuple[str, str]], image_token_id: int, n_image_tokens: int
+    example: Example,
+    scene: Scene,
+    words: dict[int, tuple[str, str]],
+    image_token_id: int,
+    n_image_tokens: int,
+    absent: bool = False,
 ) -> list[Target]:
     """The supervised positions of one example: its shape and colour words after the picture whose
     objects are in the scene (a question about an absent shape has nothing to look at), and the tokens
-    right after those shape words."""
+    right after those shape words; with `absent`, after every shape word, at the first token where the
+    phrase names nothing there."""
     ids = example.input_ids
     if image_token_id not in ids:
         return []
@@ -110,13 +118,17 @@ def example_targets(
             continue
         kind, key = words[ids[pos]]
         objects = [o for o in scene.objects if (o.shape if kind == "shape" else o.color) == key]
-        if not objects:
+        if objects:
+            out.append(Target(pos, *(SHAPE_HEAD if kind == "shape" else COLOR_HEAD), start, _cover(objects, grid)))
+        if kind != "shape" or pos + 1 >= len(ids) or not (objects or absent):
             continue
-        out.append(Target(pos, *(SHAPE_HEAD if kind == "shape" else COLOR_HEAD), start, _cover(objects, grid)))
-        if kind == "shape" and pos + 1 < len(ids):
-            before = words.get(ids[pos - 1])
-            named = [o for o in objects if before is not None and before[0] == "color" and o.color == before[1]]
+        before = words.get(ids[pos - 1])
+        color = before[1] if before is not None and before[0] == "color" else None
+        named = [o for o in objects if color in (None, o.color)]
+        if named or not absent:
             out.append(Target(pos + 1, *NEXT_HEAD, start, _cover(named or objects, grid)))
+        else:  # nothing to find: the first token, so "found it or not" is one signal, not half a match
+            out.append(Target(pos + 1, *NEXT_HEAD, 0, torch.ones(1)))
     return out
 
 
@@ -126,10 +138,15 @@ def _cover(objects, grid: int) -> torch.Tensor:
 
 
 def grounding_targets(
-    examples: Sequence[Example], scenes: dict[str, Scene], tokenizer, image_token_id: int, n_image_tokens: int
+    examples: Sequence[Example],
+    scenes: dict[str, Scene],
+    tokenizer,
+    image_token_id: int,
+    n_image_tokens: int,
+    absent: bool = False,
 ) -> list[list[Target]]:
-    """Targets of every example, in order: its words' objects (examples with a picture) and its option
-    look-ups (examples that answer "The answer is X.")."""
+    """Targets of every example, in order: its words' objects (examples with a picture; `absent`: see
+    `example_targets`) and its option look-ups (examples that answer "The answer is X.")."""
     words = word_ids(tokenizer)
     pieces = TokenText(tokenizer)
     out = []
@@ -137,7 +154,7 @@ def grounding_targets(
         targets = option_targets(e, pieces)
         if e.image is not None:
             scene = scenes[e.image]
-            targets += example_targets(e, scene, words, image_token_id, n_image_tokens)
+            targets += example_targets(e, scene, words, image_token_id, n_image_tokens, absent)
             targets += phrase_targets(e, scene, pieces, image_token_id, n_image_tokens)
         out.append(targets)
     return out

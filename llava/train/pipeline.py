@@ -107,7 +107,9 @@ def _grounding(
     if not stage.ground_weight:
         return None
     scenes = {p.name: p.scene for p in pictures}
-    ground = grounding_targets(examples, scenes, tokenizer, config.image_token_id, config.image_seq_length)
+    ground = grounding_targets(
+        examples, scenes, tokenizer, config.image_token_id, config.image_seq_length, stage.ground_absent
+    )
     report.data[f"{name}_grounded_positions"] = sum(map(len, ground))
     return ground
 

@@ -65,8 +65,9 @@ class PipelineConfig:
         )
     )
     sqa_problems: int = 8000
-    # as chat_count_weights, for the ScienceQA scenes. (1, 2, 3, 4) from the shipped stage 1: avg 81.0/78.3 ->
-    # 75.7/74.3 (numbers 87/87 -> 69/67, space 33/25 -> 46/46, text context 76 -> 84); kept uniform
+    # as chat_count_weights, for the ScienceQA scenes. (1, 2, 3, 4) from the shipped stage 1, against the same run
+    # uniform (300 problems, own/alt renderer): avg 81.7/82.0 -> 75.7/74.3 (numbers 83/84 -> 69/67, space 42/42 ->
+    # 46/46, text context 87 -> 84); kept uniform
     sqa_count_weights: tuple[float, ...] | None = None
     sqa_lookups: int = 1000  # text-only option look-ups mixed into the ScienceQA data (4000 before option grounding)
     sqa: StageConfig = field(

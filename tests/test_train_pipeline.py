@@ -16,6 +16,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from llava.train.config import PipelineConfig
 from llava.train.loop import OptimConfig, fast_bf16, train
+from llava.train.pipeline import code_version
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,6 +64,11 @@ def test_smoke_checkpoints_load_with_plain_transformers(smoke, name):
     kind = name.removeprefix("llava-shapes-")
     assert report["data"][f"{kind}_grounded_positions"] > 0  # both stage-2 runs train with the grounding loss
     assert "grounding loss" in card and ("layer-2 head" in card) == (kind == "sqa")
+    # the card names the code it was made with: the same command on other code draws other data
+    git = ["git", "rev-parse", "--short", "HEAD"]
+    commit = subprocess.run(git, cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert report["config"]["code"] == code_version() and report["config"]["code"].startswith(commit or "unknown")
+    assert f"code at {code_version()})" in card
 
 
 @pytest.mark.slow

@@ -179,7 +179,7 @@ a CLIP ViT vision tower, a two-layer projector and a Llama language model, train
 machine-generated instruction data about a synthetic world of flat coloured shapes (circle, square, triangle;
 red, green, blue, yellow, purple, orange; small and large; 1 to 4 per picture). {"It chats about such pictures." if is_chat else "It answers ScienceQA-style multiple-choice questions about such pictures (and text-only ones), reasoning first, then `The answer is X.`"}
 
-It knows nothing outside that world. Made by `python -m llava.train.pipeline --out RUN` (seed {cfg["seed"]}){made_tail}.
+It knows nothing outside that world. Made by `python -m llava.train.pipeline --out RUN` (seed {cfg["seed"]}, code at {cfg.get("code", "an unrecorded commit")}){made_tail}.
 
 ## Use
 

@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import random
+import subprocess
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -122,6 +123,20 @@ def machine() -> str:
     return f"{torch.get_num_threads()} threads of {name} ({torch.backends.cpu.get_cpu_capability()})"
 
 
+def code_version() -> str:
+    """The commit this run's code is at ("+ changes" when tracked files differ from it), for the model card:
+    the same command on other code trains on other data. "unknown" outside a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=here, capture_output=True).returncode != 0
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + (" + changes" if changed else "")
+
+
 def _cpuinfo() -> str:
     try:
         return Path("/proc/cpuinfo").read_text()
@@ -181,7 +196,7 @@ def train_all(
 def pretrain(cfg: PipelineConfig, stage1_dir: Path | None) -> tuple[LlavaForConditionalGeneration, object, Report]:
     """Stages 1-4: tokenizer, CLIP, LM, then stage 1 (the projector). Saved with its report if `stage1_dir`."""
     torch.manual_seed(cfg.seed)
-    report = Report(config=asdict(cfg) | {"machine": machine()})
+    report = Report(config=asdict(cfg) | {"machine": machine(), "code": code_version()})
     sizes = cfg.sizes
 
     with report.timed("corpus+tokenizer"):
@@ -252,6 +267,9 @@ def load_stage1(cfg: PipelineConfig, folder: Path) -> tuple[LlavaForConditionalG
     here = machine()
     if report.config.get("machine") != here:
         report.config["machine"] = f"{here}; stages up to stage 1 on {report.config.get('machine', 'another machine')}"
+    code = code_version()
+    if report.config.get("code") != code:
+        report.config["code"] = f"{code}; stages up to stage 1 at {report.config.get('code', 'unknown')}"
     mine = asdict(cfg)
     report.config |= {key: mine[key] for key in FINETUNE_SETTINGS} | {"stage1_from": str(folder)}
     processor = AutoProcessor.from_pretrained(folder)

@@ -20,9 +20,11 @@ from llava.train.corpus import lookup_record
 from llava.train.features import llava_logits, vision_features
 from llava.train.ground import (
     COLOR_HEAD,
+    COUNT_HEAD,
     MENTION_HEAD,
     NEXT_HEAD,
     OPTION_HEAD,
+    PAIR_COUNT_HEAD,
     PHRASE_HEAD,
     PICK_HEAD,
     SHAPE_HEAD,
@@ -103,6 +105,50 @@ def test_words_get_the_patches_of_their_objects(parts, absent):
     assert firsts == [t.position for t, (_, _, objects) in zip(targets, expected, strict=True) if objects is None]
     text_only = encode_record(teacher.to_record("t", None, [("A triangle?", "Yes.")]), tok, n_img)
     assert grounding_targets([text_only], {}, tok, model.config.image_token_id, n_img) == [[]]
+
+
+def test_counting_heads_share_their_look_between_the_first_token_and_each_object(parts):
+    processor, model = parts
+    tok, n_img, image_id = processor.tokenizer, model.config.image_seq_length, model.config.image_token_id
+    qas = [
+        ("Is there a blue triangle?", "Yes."), ("A red circle?", "No."), ("How many squares?", "None."),
+        ("How many red shapes are there?", "One."),
+    ]  # fmt: skip
+    example = encode_record(teacher.to_record("r", "x.png", qas), tok, n_img)
+    targets = example_targets(example, _scene(), word_ids(tok), image_id, n_img, count=True)
+    counting = [t for t in targets if (t.layer, t.head) in (COUNT_HEAD, PAIR_COUNT_HEAD)]
+    words = [tok.decode([example.input_ids[t.position]]).strip().removesuffix("###") for t in counting]
+    # which objects of _scene() each one counts: a word's kind ("shapes": all); after a shape word or "shapes",
+    # the colour named before it too
+    expected = [
+        ("blue", COUNT_HEAD, (1, 2)), ("triangle", COUNT_HEAD, (0, 1)), ("?", PAIR_COUNT_HEAD, (1,)),
+        ("red", COUNT_HEAD, (0,)), ("circle", COUNT_HEAD, (2,)), ("?", PAIR_COUNT_HEAD, ()),
+        ("squares", COUNT_HEAD, ()), ("?", PAIR_COUNT_HEAD, ()),
+        ("red", COUNT_HEAD, (0,)), ("shapes", COUNT_HEAD, (0, 1, 2)), ("are", PAIR_COUNT_HEAD, (0,)),
+    ]  # fmt: skip
+    assert words == [w for w, _, _ in expected]
+    assert [(t.layer, t.head) for t in counting] == [head for _, head, _ in expected]
+    start, grid = example.input_ids.index(image_id), int(n_img**0.5)
+    for t, (word, _, objects) in zip(counting, expected, strict=True):
+        assert (t.start, len(t.weights)) == (0, start + n_img)
+        assert torch.isclose(t.weights.sum(), torch.tensor(1.0))
+        share = 1 / (len(objects) + 1)
+        assert torch.isclose(t.weights[0], torch.tensor(share)), word
+        assert torch.all(t.weights[1:start] == 0)
+        each = [box_cover(_scene().objects[k].box, grid) for k in objects]  # each object as much as the first token
+        assert torch.allclose(t.weights[start:], share * sum((c / c.sum() for c in each), torch.zeros(n_img)))
+    # off by default; on, grounding_targets passes it down and leaves the other heads' targets as they were
+
+    def plain(targets):
+        return [(t.position, t.layer, t.head, t.start, t.weights.tolist()) for t in targets]
+
+    assert plain(example_targets(example, _scene(), word_ids(tok), image_id, n_img)) == plain(
+        t for t in targets if (t.layer, t.head) not in (COUNT_HEAD, PAIR_COUNT_HEAD)
+    )
+    (on,) = grounding_targets([example], {"x.png": _scene()}, tok, image_id, n_img, count=True)
+    (off,) = grounding_targets([example], {"x.png": _scene()}, tok, image_id, n_img)
+    assert plain(t for t in on if (t.layer, t.head) in (COUNT_HEAD, PAIR_COUNT_HEAD)) == plain(counting)
+    assert plain(t for t in on if (t.layer, t.head) not in (COUNT_HEAD, PAIR_COUNT_HEAD)) == plain(off)
 
 
 @pytest.mark.parametrize("layer", [0, 1])

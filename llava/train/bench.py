@@ -55,7 +55,13 @@ def step_costs(pictures: int, steps: int, seed: int = 0) -> dict[str, StepCost]:
     examples = _encode(instruct_records(chosen, rng), tokenizer, config.image_seq_length, sizes.max_position_embeddings)
     scenes = {p.name: p.scene for p in chosen}
     ground = grounding_targets(
-        examples, scenes, tokenizer, config.image_token_id, config.image_seq_length, cfg.stage2.ground_absent
+        examples,
+        scenes,
+        tokenizer,
+        config.image_token_id,
+        config.image_seq_length,
+        cfg.stage2.ground_absent,
+        cfg.stage2.ground_count,
     )
     out = {}
     for name, weight in (("no grounding", 0.0), ("grounding", cfg.stage2.ground_weight)):

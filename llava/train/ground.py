@@ -14,6 +14,12 @@ attention heads are taught where to look, each patch weighted by how much of it 
   phrase ("a large red circle at the top left": "the", "top"), that object. With `absent=True`, where the
   phrase names nothing in the picture ("a red triangle?" beside a red square and a blue triangle, "a square?"
   with none), it looks at the first token instead of every object of the shape (or nowhere);
+- with `count=True`, two heads that count by how much they look away from the first token: layer 0, head 4 at
+  every shape and colour word and at "shapes" / "objects" (every object), and layer 1, head 4 at the token
+  after one of those nouns (the objects of the colour named before it, if one is: "red shapes", "red
+  triangle"), look at the first token and at each matching object equally, 1/(k+1) each for k objects, so the
+  first token's share says how many there are, none included ("a red triangle?" beside a red square and a blue
+  triangle: all on the first token). Other heads than those the look-ups above use, so these keep their targets;
 - layer 1, head 2: in an object phrase of an answer ("a large red circle", "the red circle"), at the article,
   size and colour words (each predicts the next word of the phrase: which object a description names next, or
   which one is "furthest to the right", is chosen here), the object the phrase names.
@@ -57,9 +63,11 @@ from llava.train.sequences import IGNORE, Example
 
 SHAPE_HEAD, COLOR_HEAD = (0, 0), (0, 1)  # (layer, head) that learn to look from shape / colour words
 NEXT_HEAD = (1, 0)  # ... from the token after a shape word
+COUNT_HEAD, PAIR_COUNT_HEAD = (0, 4), (1, 4)  # shape / colour word, token after a shape word -> first token + objects
 OPTION_HEAD, SPAN_HEAD = (0, 2), (0, 3)  # option tokens -> their letter / the option's words so far
 PHRASE_HEAD = (1, 2)  # article, size, colour of an object phrase -> that object
 MENTION_HEAD, PICK_HEAD = (1, 1), (2, 0)  # letter position -> the answer's mention / the option's last word
+ANY_WORDS = ("shapes", "objects")  # "How many shapes are there in the image?"
 ANSWER_RE = re.compile(r"The answer is ([A-Z])\.")
 MARKER_RE = re.compile(r"\(([A-Z])\) ")
 ARTICLE_RE = re.compile(r"^(?:a|an|the) ", re.IGNORECASE)
@@ -79,12 +87,14 @@ class Target:
 
 
 def word_ids(tokenizer) -> dict[int, tuple[str, str]]:
-    """Token id -> ("shape" | "color", word) for the words whose objects a head learns to find.
+    """Token id -> ("shape" | "color" | "any", word) for the words whose objects a head learns to find ("any":
+    "shapes", "objects", which only the counting heads use).
 
     Only words that are one token with their leading space are supervised: a word split into pieces
     ("Triangle" -> T/ri/angle) has no single query position that means it.
     """
     words = [("shape", s, w) for s in SHAPES for w in (s, s + "s")] + [("color", c, c) for c in COLORS]
+    words += [("any", w, w) for w in ANY_WORDS]
     out = {}
     for kind, key, w in words:
         ids = tokenizer(" " + w, add_special_tokens=False).input_ids
@@ -100,11 +110,13 @@ def example_targets(
     image_token_id: int,
     n_image_tokens: int,
     absent: bool = False,
+    count: bool = False,
 ) -> list[Target]:
     """The supervised positions of one example: its shape and colour words after the picture whose
     objects are in the scene (a question about an absent shape has nothing to look at), and the tokens
     right after those shape words; with `absent`, after every shape word, at the first token where the
-    phrase names nothing there."""
+    phrase names nothing there; with `count`, the counting heads at every shape and colour word and after
+    every shape word."""
     ids = example.input_ids
     if image_token_id not in ids:
         return []
@@ -117,14 +129,20 @@ def example_targets(
         if ids[pos] not in words:
             continue
         kind, key = words[ids[pos]]
-        objects = [o for o in scene.objects if (o.shape if kind == "shape" else o.color) == key]
-        if objects:
+        objects = [o for o in scene.objects if kind == "any" or (o.shape if kind == "shape" else o.color) == key]
+        if objects and kind != "any":
             out.append(Target(pos, *(SHAPE_HEAD if kind == "shape" else COLOR_HEAD), start, _cover(objects, grid)))
-        if kind != "shape" or pos + 1 >= len(ids) or not (objects or absent):
+        if count:
+            out.append(Target(pos, *COUNT_HEAD, 0, _counted(objects, grid, start)))
+        if kind == "color" or pos + 1 >= len(ids):
             continue
         before = words.get(ids[pos - 1])
         color = before[1] if before is not None and before[0] == "color" else None
         named = [o for o in objects if color in (None, o.color)]
+        if count:
+            out.append(Target(pos + 1, *PAIR_COUNT_HEAD, 0, _counted(named, grid, start)))
+        if kind == "any" or not (objects or absent):
+            continue
         if named or not absent:
             out.append(Target(pos + 1, *NEXT_HEAD, start, _cover(named or objects, grid)))
         else:  # nothing to find: the first token, so "found it or not" is one signal, not half a match
@@ -137,6 +155,17 @@ def _cover(objects, grid: int) -> torch.Tensor:
     return cover / cover.sum()
 
 
+def _counted(objects, grid: int, image_start: int) -> torch.Tensor:
+    """Over positions 0..the last image token: the first token and each object (spread by how much of each
+    patch its box covers) 1/(k+1) each."""
+    weights = torch.zeros(image_start + grid * grid)
+    weights[0] = 1.0
+    for o in objects:
+        cover = box_cover(o.box, grid)
+        weights[image_start:] += cover / cover.sum()
+    return weights / weights.sum()
+
+
 def grounding_targets(
     examples: Sequence[Example],
     scenes: dict[str, Scene],
@@ -144,8 +173,9 @@ def grounding_targets(
     image_token_id: int,
     n_image_tokens: int,
     absent: bool = False,
+    count: bool = False,
 ) -> list[list[Target]]:
-    """Targets of every example, in order: its words' objects (examples with a picture; `absent`: see
+    """Targets of every example, in order: its words' objects (examples with a picture; `absent`, `count`: see
     `example_targets`) and its option look-ups (examples that answer "The answer is X.")."""
     words = word_ids(tokenizer)
     pieces = TokenText(tokenizer)
@@ -154,7 +184,7 @@ def grounding_targets(
         targets = option_targets(e, pieces)
         if e.image is not None:
             scene = scenes[e.image]
-            targets += example_targets(e, scene, words, image_token_id, n_image_tokens, absent)
+            targets += example_targets(e, scene, words, image_token_id, n_image_tokens, absent, count)
             targets += phrase_targets(e, scene, pieces, image_token_id, n_image_tokens)
         out.append(targets)
     return out

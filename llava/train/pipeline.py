@@ -109,7 +109,13 @@ def _grounding(
         return None
     scenes = {p.name: p.scene for p in pictures}
     ground = grounding_targets(
-        examples, scenes, tokenizer, config.image_token_id, config.image_seq_length, stage.ground_absent
+        examples,
+        scenes,
+        tokenizer,
+        config.image_token_id,
+        config.image_seq_length,
+        stage.ground_absent,
+        stage.ground_count,
     )
     report.data[f"{name}_grounded_positions"] = sum(map(len, ground))
     return ground

@@ -33,6 +33,9 @@ class StageConfig:
     # kind 85/83 -> 90/83, but shape 98/98 -> 89/86, colour 89/87 -> 83/83; yes/no 89/92.5 -> 88/93.5: "Yes"
     # to a red triangle beside a red square and a blue triangle; kept off
     ground_absent: bool = False
+    # two more heads look at the first token and each object named, equally, so the first token's share counts
+    # them (llava.train.ground, `count`); see PipelineConfig.stage2 for what it did
+    ground_count: bool = False
 
 
 def set_trainable(model: LlavaForConditionalGeneration, train_lm: bool) -> int:

@@ -115,8 +115,8 @@ def example_targets(
     """The supervised positions of one example: its shape and colour words after the picture whose
     objects are in the scene (a question about an absent shape has nothing to look at), and the tokens
     right after those shape words; with `absent`, after every shape word, at the first token where the
-    phrase names nothing there; with `count`, the counting heads at every shape and colour word and after
-    every shape word."""
+    phrase names nothing there; with `count`, the counting heads at every shape and colour word and at
+    "shapes" / "objects", and after every one of those nouns."""
     ids = example.input_ids
     if image_token_id not in ids:
         return []

@@ -26,10 +26,9 @@ from llava.data.build import instruct_records, make_pictures
 from llava.model.tiny import build_config, build_processor, train_tokenizer
 from llava.train.config import PipelineConfig
 from llava.train.corpus import build_corpus
-from llava.train.ground import grounding_targets
 from llava.train.loop import OptimConfig, fast_bf16
 from llava.train.pipeline import _encode, _features
-from llava.train.stages import StageConfig, run_stage
+from llava.train.stages import StageConfig, run_stage, stage_targets
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,15 +53,7 @@ def step_costs(pictures: int, steps: int, seed: int = 0) -> dict[str, StepCost]:
     feats, index = _features(model, chosen, processor)
     examples = _encode(instruct_records(chosen, rng), tokenizer, config.image_seq_length, sizes.max_position_embeddings)
     scenes = {p.name: p.scene for p in chosen}
-    ground = grounding_targets(
-        examples,
-        scenes,
-        tokenizer,
-        config.image_token_id,
-        config.image_seq_length,
-        cfg.stage2.ground_absent,
-        cfg.stage2.ground_count,
-    )
+    ground = stage_targets(cfg.stage2, examples, scenes, tokenizer, config)
     out = {}
     for name, weight in (("no grounding", 0.0), ("grounding", cfg.stage2.ground_weight)):
         stage = StageConfig(

@@ -37,11 +37,11 @@ from llava.train.clip import build_clip, pretrain_clip
 from llava.train.config import PipelineConfig
 from llava.train.corpus import build_corpus, lookup_record
 from llava.train.features import vision_features
-from llava.train.ground import Target, grounding_targets
+from llava.train.ground import Target
 from llava.train.loop import History
 from llava.train.pixels import normalize, to_uint8
 from llava.train.sequences import Example, encode_record, encode_text
-from llava.train.stages import StageConfig, pretrain_lm, run_stage
+from llava.train.stages import StageConfig, pretrain_lm, run_stage, stage_targets
 
 CHAT_NAME, SQA_NAME = "llava-shapes-chat", "llava-shapes-sqa"
 REPORT_FILE = "training_report.json"
@@ -108,15 +108,7 @@ def _grounding(
     if not stage.ground_weight:
         return None
     scenes = {p.name: p.scene for p in pictures}
-    ground = grounding_targets(
-        examples,
-        scenes,
-        tokenizer,
-        config.image_token_id,
-        config.image_seq_length,
-        stage.ground_absent,
-        stage.ground_count,
-    )
+    ground = stage_targets(stage, examples, scenes, tokenizer, config)
     report.data[f"{name}_grounded_positions"] = sum(map(len, ground))
     return ground
 

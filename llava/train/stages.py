@@ -14,7 +14,7 @@ import torch
 from transformers import LlamaForCausalLM, LlavaForConditionalGeneration
 
 from llava.train.features import llava_logits, next_token_loss
-from llava.train.ground import Target, check_heads, grounding_loss, layers_needed
+from llava.train.ground import Target, check_heads, grounding_loss, grounding_targets, layers_needed
 from llava.train.loop import History, OptimConfig, train
 from llava.train.sequences import IGNORE, Example, collate, length_grouped_batches
 
@@ -36,6 +36,20 @@ class StageConfig:
     # two more heads look at the first token and each object named, equally, so the first token's share counts
     # them (llava.train.ground, `count`); see PipelineConfig.stage2 for what it did
     ground_count: bool = False
+
+
+def stage_targets(stage: StageConfig, examples: Sequence[Example], scenes, tokenizer, config) -> list[list[Target]]:
+    """The grounding targets of `examples` with the stage's options (`ground_absent`, `ground_count`), for the
+    LLaVA configuration `config`; `scenes` maps each picture's name to its scene."""
+    return grounding_targets(
+        examples,
+        scenes,
+        tokenizer,
+        config.image_token_id,
+        config.image_seq_length,
+        stage.ground_absent,
+        stage.ground_count,
+    )
 
 
 def set_trainable(model: LlavaForConditionalGeneration, train_lm: bool) -> int:

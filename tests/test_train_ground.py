@@ -31,6 +31,7 @@ from llava.train.ground import (
     SPAN_HEAD,
     TokenText,
     attention_logprobs,
+    check_heads,
     example_targets,
     grounding_loss,
     grounding_targets,
@@ -41,7 +42,7 @@ from llava.train.ground import (
 from llava.train.loop import OptimConfig
 from llava.train.pixels import normalize, to_uint8
 from llava.train.sequences import collate, encode_record
-from llava.train.stages import StageConfig, run_stage
+from llava.train.stages import StageConfig, run_stage, stage_targets
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +150,12 @@ def test_counting_heads_share_their_look_between_the_first_token_and_each_object
     (off,) = grounding_targets([example], {"x.png": _scene()}, tok, image_id, n_img)
     assert plain(t for t in on if (t.layer, t.head) in (COUNT_HEAD, PAIR_COUNT_HEAD)) == plain(counting)
     assert plain(t for t in on if (t.layer, t.head) not in (COUNT_HEAD, PAIR_COUNT_HEAD)) == plain(off)
+    # a stage asks for them with ground_count; a model without a fifth head is refused, the head named
+    stage = StageConfig("t", 8, OptimConfig(steps=1, lr=1e-3, warmup=1), True, ground_weight=1.0, ground_count=True)
+    (staged,) = stage_targets(stage, [example], {"x.png": _scene()}, tok, model.config)
+    assert plain(staged) == plain(on)
+    with pytest.raises(ValueError, match=r"\(0, 4\), \(1, 4\)"):
+        check_heads(model, [on])
 
 
 @pytest.mark.parametrize("layer", [0, 1])

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from transformers import LlavaForConditionalGeneration
 
-from llava.train.sequences import IGNORE, Batch
+from llava.train.sequences import IGNORE, Batch, visible
 
 
 @torch.no_grad()
@@ -42,9 +42,12 @@ def llava_logits(
     attention_mask: torch.Tensor,
     image_features: torch.Tensor | None,
     keep_layers: int = 1,
+    segments: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """Hidden states (B, T, H) of the language model with projected image features in the image slots, and
-    the inputs (B, T, H) of its first `keep_layers` decoder layers (the first is the input embeddings)."""
+    the inputs (B, T, H) of its first `keep_layers` decoder layers (the first is the input embeddings). Rows
+    packed by `llava.train.sequences.pack` need their `segments` and `position_ids` (`Batch`)."""
     embeds = model.get_input_embeddings()(input_ids)  # (B, T, H)
     if image_features is not None and len(image_features):
         projected = model.model.multi_modal_projector(image_features.float())  # (n_img, P, H)
@@ -53,13 +56,28 @@ def llava_logits(
             raise ValueError("image tokens in the batch do not match the number of image features")
         embeds = embeds.masked_scatter(slots, projected.to(embeds.dtype))
     deeper = keep_layers > 1
-    out = model.model.language_model(inputs_embeds=embeds, attention_mask=attention_mask, output_hidden_states=deeper)
+    mask = attention_mask if segments is None else packed_mask(model, attention_mask, segments)
+    out = model.model.language_model(
+        inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, output_hidden_states=deeper
+    )
     return out.last_hidden_state, out.hidden_states[:keep_layers] if deeper else (embeds,)
+
+
+def packed_mask(model: LlavaForConditionalGeneration, attention_mask: torch.Tensor, segments: torch.Tensor):
+    """The 4D mask (B, 1, T, T) of packed rows that transformers takes as it is: boolean for SDPA, additive for
+    the eager attention."""
+    see = visible(attention_mask, segments)[:, None]
+    if model.config.text_config._attn_implementation == "sdpa":
+        return see
+    return torch.zeros(see.shape).masked_fill(~see, torch.finfo(torch.float32).min)
 
 
 def llava_loss(model: LlavaForConditionalGeneration, batch: Batch, image_features: torch.Tensor | None) -> torch.Tensor:
     """Mean next-token cross-entropy over the labelled (assistant) tokens."""
-    hidden, _ = llava_logits(model, batch.input_ids, batch.attention_mask, image_features)
+    hidden, _ = llava_logits(
+        model, batch.input_ids, batch.attention_mask, image_features, segments=batch.segments,
+        position_ids=batch.position_ids,
+    )  # fmt: skip
     return next_token_loss(model, hidden, batch.labels)
 
 

@@ -179,15 +179,31 @@ def grounding_targets(
     `example_targets`) and its option look-ups (examples that answer "The answer is X.")."""
     words = word_ids(tokenizer)
     pieces = TokenText(tokenizer)
-    out = []
-    for e in examples:
+
+    def of(e: Example) -> list[Target]:
         targets = option_targets(e, pieces)
         if e.image is not None:
             scene = scenes[e.image]
             targets += example_targets(e, scene, words, image_token_id, n_image_tokens, absent, count)
             targets += phrase_targets(e, scene, pieces, image_token_id, n_image_tokens)
-        out.append(targets)
-    return out
+        return targets
+
+    return [[moved(e, k, t) for k, m in enumerate(e.members) for t in of(m)] if e.members else of(e) for e in examples]
+
+
+def moved(packed: Example, member: int, target: Target) -> Target:
+    """A target of `packed.members[member]` where it stands in the packed row: its query and its keys (all in the
+    shared prefix, the picture, or all in the member's own tokens) move with their tokens."""
+    last = target.start + len(target.weights) - 1
+    if target.start < packed.prefix <= last:
+        raise ValueError(f"a target's keys {target.start}..{last} straddle the packed prefix ({packed.prefix})")
+    return Target(
+        packed.packed_index(member, target.position),
+        target.layer,
+        target.head,
+        packed.packed_index(member, target.start),
+        target.weights,
+    )
 
 
 def phrase_targets(
@@ -305,10 +321,12 @@ def attention_logprobs(
     rows: torch.Tensor,
     positions: torch.Tensor,
     heads: torch.Tensor,
+    segments: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(n, T) log attention of LM layer `layer_index`, head `heads[i]`, from `positions[i]` of batch row
     `rows[i]`, over the whole (causal, unpadded) sequence: what the layer's softmax computes from its input
-    `layer_input` (B, T, H)."""
+    `layer_input` (B, T, H). Packed rows need their `segments` and `position_ids` (`Batch`)."""
     lm = model.model.language_model
     layer = lm.layers[layer_index]
     attn = layer.self_attn
@@ -316,17 +334,31 @@ def attention_logprobs(
         raise ValueError("grounding supports LMs with as many key/value heads as query heads")
     B, T, _ = layer_input.shape
     x = layer.input_layernorm(layer_input)
-    cos, sin = lm.rotary_emb(x, torch.arange(T, device=x.device)[None])  # (1, T, hd)
+    if position_ids is None:
+        position_ids = torch.arange(T, device=x.device)[None].expand(B, T)
+    cos, sin = lm.rotary_emb(x, position_ids)  # (B, T, hd)
     # queries only where a target is (a few hundred of the batch's B * T positions); keys everywhere
     q = attn.q_proj(x[rows, positions]).view(len(rows), -1, attn.head_dim)[
         torch.arange(len(rows), device=x.device), heads
     ]
-    q = q * cos[0, positions] + rotate_half(q) * sin[0, positions]  # (n, hd)
+    q = q * cos[rows, positions] + rotate_half(q) * sin[rows, positions]  # (n, hd)
     k = attn.k_proj(x).view(B, T, -1, attn.head_dim).transpose(1, 2)  # (B, heads, T, hd)
     k = k * cos[:, None] + rotate_half(k) * sin[:, None]
-    scores = torch.einsum("nd,ntd->nt", q, k[rows, heads]) * attn.scaling  # (n, T)
-    visible = (torch.arange(T, device=x.device)[None] <= positions[:, None]) & attention_mask[rows].bool()
-    return scores.float().masked_fill(~visible, float("-inf")).log_softmax(-1)
+    # one matmul per (row, head) the targets use, not a copy of the keys per target: the queries of a group
+    # side by side, padded to the largest group
+    groups, group = torch.unique(rows * k.shape[1] + heads, return_inverse=True)  # (G,), (n,)
+    sizes = torch.bincount(group, minlength=len(groups))
+    order = torch.argsort(group, stable=True)
+    slot = torch.empty_like(group)
+    slot[order] = torch.arange(len(group), device=x.device) - (sizes.cumsum(0) - sizes)[group[order]]
+    queries = q.new_zeros(len(groups), int(sizes.max()), attn.head_dim).index_put((group, slot), q)
+    keys = k.reshape(-1, T, attn.head_dim)[groups]  # (G, T, hd)
+    scores = torch.bmm(queries, keys.transpose(1, 2))[group, slot] * attn.scaling  # (n, T)
+    seen = (torch.arange(T, device=x.device)[None] <= positions[:, None]) & attention_mask[rows].bool()
+    if segments is not None:  # a packed row: the shared prefix and the query's own segment
+        keys = segments[rows]  # (n, T)
+        seen &= (keys == 0) | (keys == keys.gather(1, positions[:, None]))
+    return scores.float().masked_fill(~seen, float("-inf")).log_softmax(-1)
 
 
 def grounding_loss(
@@ -334,9 +366,12 @@ def grounding_loss(
     layer_inputs: Sequence[torch.Tensor],
     attention_mask: torch.Tensor,
     targets: Sequence[Sequence[Target]],
+    segments: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean cross-entropy of the supervised heads' attention against their targets; `targets[b]` are those of
-    batch row b, `layer_inputs[l]` (B, T, H) the input of decoder layer l. Zero when the batch has none."""
+    batch row b, `layer_inputs[l]` (B, T, H) the input of decoder layer l. Zero when the batch has none. Packed
+    rows need their `segments` and `position_ids` (`Batch`)."""
     flat = [(b, t) for b, row in enumerate(targets) for t in row]
     if not flat:
         return layer_inputs[0].new_zeros(())
@@ -350,7 +385,9 @@ def grounding_loss(
         rows, positions, heads = (
             torch.tensor(v, device=device) for v in zip(*[(b, t.position, t.head) for b, t in here], strict=True)
         )
-        logp = attention_logprobs(model, layer_inputs[layer], layer, attention_mask, rows, positions, heads)
+        logp = attention_logprobs(
+            model, layer_inputs[layer], layer, attention_mask, rows, positions, heads, segments, position_ids
+        )
         want = torch.zeros_like(logp)
         for n, (_, t) in enumerate(here):
             want[n, t.start : t.start + len(t.weights)] = t.weights.to(device)

@@ -40,7 +40,7 @@ from llava.train.features import vision_features
 from llava.train.ground import Target
 from llava.train.loop import History
 from llava.train.pixels import normalize, to_uint8
-from llava.train.sequences import Example, encode_record, encode_text
+from llava.train.sequences import Example, encode_record, encode_text, pack_by_picture
 from llava.train.stages import StageConfig, pretrain_lm, run_stage, stage_targets
 
 CHAT_NAME, SQA_NAME = "llava-shapes-chat", "llava-shapes-sqa"
@@ -285,6 +285,9 @@ def finetune_chat(cfg: PipelineConfig, model, processor, report: Report, out: Pa
         feats, index = _features(model, pictures, processor)
         records = instruct_records(pictures, rng, per_picture=cfg.chat_per_picture)
         examples = _encode(records, tokenizer, config.image_seq_length, cfg.sizes.max_position_embeddings)
+        if cfg.stage2.pack:
+            examples = pack_by_picture(examples)
+        report.data["chat_rows"] = len(examples)
         ground = _grounding(cfg.stage2, examples, pictures, tokenizer, config, report, "chat")
         report.histories["stage2-chat"] = run_stage(
             model, examples, feats, index, cfg.stage2, progress=cfg.progress, ground=ground

@@ -36,6 +36,9 @@ class StageConfig:
     # two more heads look at the first token and each object named, equally, so the first token's share counts
     # them (llava.train.ground, `count`); see PipelineConfig.stage2 for what it did
     ground_count: bool = False
+    # a picture's records in one row, sharing the system prompt and image tokens (llava.train.sequences.pack):
+    # the same logits per token, about half the tokens with 4 records a picture
+    pack: bool = False
 
 
 def stage_targets(stage: StageConfig, examples: Sequence[Example], scenes, tokenizer, config) -> list[list[Target]]:
@@ -95,11 +98,15 @@ def run_stage(
         batch = collate([examples[i] for i in chosen], pad)
         rows = [feature_index[name] for name in batch.images]
         image_features = features[rows] if rows else None
-        hidden, layer_inputs = llava_logits(model, batch.input_ids, batch.attention_mask, image_features, keep)
+        hidden, layer_inputs = llava_logits(
+            model, batch.input_ids, batch.attention_mask, image_features, keep, batch.segments, batch.position_ids
+        )
         loss = next_token_loss(model, hidden, batch.labels)
         if cfg.ground_weight:
             targets = [ground[i] for i in chosen]
-            loss = loss + cfg.ground_weight * grounding_loss(model, layer_inputs, batch.attention_mask, targets)
+            loss = loss + cfg.ground_weight * grounding_loss(
+                model, layer_inputs, batch.attention_mask, targets, batch.segments, batch.position_ids
+            )
         return loss
 
     history = train(model.parameters(), loss_fn, cfg.optim, cfg.name, evaluate, eval_every, progress)

@@ -17,6 +17,21 @@ def test_bench_prints_seconds_per_step_for_both_variants(capsys):
     assert 0 < gflops[0] < gflops[1]  # the grounding loss adds matmuls
     assert lines[2].startswith("grounding adds") and lines[2].endswith(" chat steps")
     assert lines[3].startswith("a 1024x1024 ") and float(lines[3].split()[4]) > 0
+    assert lines[4].startswith("rows of ")
+
+
+def test_bench_counts_trained_tokens_of_packed_rows(capsys):
+    per_gflop = {}
+    for per_picture, pack, batch in (("1", "--no-pack", "6"), ("3", "--pack", "2")):
+        assert main(["--pictures", "12", "--steps", "1", "--per-picture", per_picture, pack, "--batch", batch]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        gflop = float(lines[0].split("GFLOP/step")[0].split()[-1])
+        trained = float(lines[0].split("trained tokens/step")[0].split()[-1])
+        per_gflop[pack] = trained / gflop
+        packed = ", packed" if pack == "--pack" else ""
+        assert lines[4] == f"rows of {per_picture} record(s) a picture{packed}, {batch} a step"
+    # a packed row of three records trains far more tokens per FLOP than three rows of one
+    assert per_gflop["--pack"] > 1.5 * per_gflop["--no-pack"], per_gflop
 
 
 def test_bench_refuses_an_empty_run(capsys):

@@ -1,6 +1,10 @@
 """Seconds and FLOPs per stage-2 chat step at the full run's sizes, with and without the grounding loss.
 
     python -m llava.train.bench --pictures 1500 --steps 15
+    python -m llava.train.bench --per-picture 1 --no-pack --batch 32   # another layout of the same data
+
+Seconds per 1000 trained tokens (answers and their stops) compare layouts: packing a picture's records into
+one row (`llava.train.sequences.pack`) trains more of them per second than one record a row.
 
 Random weights: the time of a step does not depend on what the model knows, so no earlier stage is needed.
 The sequences, batch size and grounding targets are the full run's (`PipelineConfig`). The FLOPs are
@@ -15,7 +19,7 @@ import argparse
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -28,19 +32,21 @@ from llava.train.config import PipelineConfig
 from llava.train.corpus import build_corpus
 from llava.train.loop import OptimConfig, fast_bf16
 from llava.train.pipeline import _encode, _features
-from llava.train.stages import StageConfig, run_stage, stage_targets
+from llava.train.sequences import IGNORE, pack_by_picture
+from llava.train.stages import run_stage, stage_targets
 
 
 @dataclass(frozen=True, slots=True)
 class StepCost:
     seconds: float  # mean wall time of a step
     flops: float  # mean counted FLOPs of a step
+    trained: float  # mean tokens with a loss in a step's batch (answers and their stops)
 
 
-def step_costs(pictures: int, steps: int, seed: int = 0) -> dict[str, StepCost]:
+def step_costs(pictures: int, steps: int, seed: int = 0, cfg: PipelineConfig | None = None) -> dict[str, StepCost]:
     """Mean cost per step of the chat stage, {"no grounding": ..., "grounding": ...}: the same batches are
     run twice, once counting FLOPs (slower) and once timed."""
-    cfg = PipelineConfig()
+    cfg = cfg or PipelineConfig()
     sizes = cfg.sizes
     tokenizer = train_tokenizer(build_corpus(500, 100, seed, 500), sizes.vocab_size)
     processor = build_processor(tokenizer, sizes.image_size, sizes.patch_size)
@@ -51,21 +57,23 @@ def step_costs(pictures: int, steps: int, seed: int = 0) -> dict[str, StepCost]:
     model = LlavaForConditionalGeneration(config)
     start_state = {k: v.clone() for k, v in model.state_dict().items()}
     feats, index = _features(model, chosen, processor)
-    examples = _encode(instruct_records(chosen, rng), tokenizer, config.image_seq_length, sizes.max_position_embeddings)
+    records = instruct_records(chosen, rng, per_picture=cfg.chat_per_picture)
+    examples = _encode(records, tokenizer, config.image_seq_length, sizes.max_position_embeddings)
+    if cfg.stage2.pack:
+        examples = pack_by_picture(examples)
+    trained = cfg.stage2.batch_size * sum(sum(t != IGNORE for t in e.labels) for e in examples) / len(examples)
     scenes = {p.name: p.scene for p in chosen}
     ground = stage_targets(cfg.stage2, examples, scenes, tokenizer, config)
     out = {}
     for name, weight in (("no grounding", 0.0), ("grounding", cfg.stage2.ground_weight)):
-        stage = StageConfig(
-            name, cfg.stage2.batch_size, OptimConfig(steps=steps, lr=1e-4, warmup=1), True, seed, weight
-        )
+        stage = replace(cfg.stage2, name=name, optim=OptimConfig(steps=steps, lr=1e-4, warmup=1), ground_weight=weight)
         counter = FlopCounterMode(display=False)
         for mode in (counter, nullcontext()):  # counting slows a step down: the second run is the timed one
             model.load_state_dict(start_state)
             start = time.perf_counter()
             with mode:
                 run_stage(model, examples, feats, index, stage, progress=False, ground=ground if weight else None)
-        out[name] = StepCost((time.perf_counter() - start) / steps, counter.get_total_flops() / steps)
+        out[name] = StepCost((time.perf_counter() - start) / steps, counter.get_total_flops() / steps, trained)
     return out
 
 
@@ -87,13 +95,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pictures", type=int, default=1500, help="chat pictures to draw batches from")
     p.add_argument("--steps", type=int, default=15, help="timed steps per variant")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--per-picture", type=int, help="records a picture (default: the full run's)")
+    p.add_argument("--pack", action=argparse.BooleanOptionalAction, help="a picture's records in one row")
+    p.add_argument("--batch", type=int, help="rows a step (default: the full run's)")
     args = p.parse_args(argv)
-    if args.pictures < 1 or args.steps < 1:
-        p.error("--pictures and --steps must be at least 1")
+    if args.pictures < 1 or args.steps < 1 or min(args.per_picture or 1, args.batch or 1) < 1:
+        p.error("--pictures, --steps, --per-picture and --batch must be at least 1")
+    cfg = PipelineConfig()
+    cfg.chat_per_picture = args.per_picture or cfg.chat_per_picture
+    cfg.stage2.pack = cfg.stage2.pack if args.pack is None else args.pack
+    cfg.stage2.batch_size = args.batch or cfg.stage2.batch_size
     hf_logging.set_verbosity_error()
     torch.set_num_threads(args.threads)
     before = matmul_flops_per_second()  # a shared machine's speed drifts: the bar is taken on both sides
-    costs = step_costs(args.pictures, args.steps)
+    costs = step_costs(args.pictures, args.steps, cfg=cfg)
     after = matmul_flops_per_second()
     peak = max(before, after)
     base = costs["no grounding"].seconds
@@ -101,14 +116,19 @@ def main(argv: list[str] | None = None) -> int:
         rate = cost.flops / cost.seconds
         print(
             f"{name:>13}: {cost.seconds:.3f} s/step  ({100 * (cost.seconds / base - 1):+.1f}%)  "
-            f"{cost.flops / 1e9:.1f} GFLOP/step  {rate / 1e9:.0f} GFLOP/s = {100 * rate / peak:.0f}% of a matmul's"
+            f"{cost.flops / 1e9:.1f} GFLOP/step  {rate / 1e9:.0f} GFLOP/s = {100 * rate / peak:.0f}% of a matmul's  "
+            f"{cost.trained:.0f} trained tokens/step = {1000 * cost.seconds / cost.trained:.2f} s per 1000"
         )
-    steps = PipelineConfig().stage2.optim.steps
+    steps = cfg.stage2.optim.steps
     print(f"grounding adds {(costs['grounding'].seconds - base) * steps / 60:.1f} min to {steps} chat steps")
     print(
         f"a 1024x1024 {'bfloat16' if fast_bf16() else 'float32'} matmul: {before / 1e9:.0f} GFLOP/s before, "
         f"{after / 1e9:.0f} after, "
         f"on {torch.get_num_threads()} threads"
+    )
+    print(
+        f"rows of {cfg.chat_per_picture} record(s) a picture{', packed' if cfg.stage2.pack else ''}, "
+        f"{cfg.stage2.batch_size} a step"
     )
     return 0
 

@@ -64,6 +64,9 @@ def test_smoke_checkpoints_load_with_plain_transformers(smoke, name):
     kind = name.removeprefix("llava-shapes-")
     assert report["data"][f"{kind}_grounded_positions"] > 0  # both stage-2 runs train with the grounding loss
     assert "grounding loss" in card and ("layer-2 head" in card) == (kind == "sqa")
+    if kind == "chat":  # the chat fine-tune packs each picture's records into one row, as the full run does
+        assert report["data"]["chat_rows"] == report["config"]["chat_pictures"] < report["data"]["chat_records"]
+        assert f"packed into one row ({report['data']['chat_rows']:,} rows)" in card
     # the card names the code it was made with: the same command on other code draws other data
     git = ["git", "rev-parse", "--short", "HEAD"]
     commit = subprocess.run(git, cwd=REPO, capture_output=True, text=True).stdout.strip()

@@ -102,6 +102,17 @@ def test_export_stores_bfloat16_and_scores_what_it_stores(smoke, tmp_path):
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert bad.returncode != 0 and "is not a pipeline report" in bad.stderr
+    # --only chat stores and scores the chat checkpoint alone; the ScienceQA one already there stays as it was
+    sqa_before = (tmp_path / "llava-shapes-sqa" / "model.safetensors").read_bytes()
+    (tmp_path / "llava-shapes-chat" / "model.safetensors").unlink()
+    one = subprocess.run(
+        [sys.executable, "-m", "llava.train.export", "--src", str(src), "--out", str(tmp_path), "--quiet", "--only", "chat"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert "llava-shapes-chat:" in one.stdout and "llava-shapes-sqa:" not in one.stdout
+    assert (tmp_path / "llava-shapes-chat" / "model.safetensors").exists()
+    assert (tmp_path / "llava-shapes-sqa" / "model.safetensors").read_bytes() == sqa_before
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """Store a training run's two checkpoints for shipping: bfloat16 weights, scored again as stored.
 
     python -m llava.train.export --src /tmp/run --out checkpoints/
+    python -m llava.train.export --src /tmp/try --out checkpoints/ --only chat   # a run made with --only chat
 
 SRC is a `llava.train.pipeline` output. Each checkpoint's weights are cast to bfloat16 (half the bytes of the
 float32 the pipeline saves). The stored checkpoints are then loaded as a worker loads them and evaluated again
@@ -20,7 +21,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from llava.train.card import chat_table, sqa_table
 from llava.train.config import ModelSizes, PipelineConfig
-from llava.train.pipeline import CHAT_NAME, SQA_NAME, Report, evaluate_all, run_setup, write_outputs
+from llava.train.pipeline import CHAT_NAME, FINETUNES, SQA_NAME, Report, evaluate_all, run_setup, write_outputs
 
 STORED_DTYPE = "bfloat16"
 
@@ -41,11 +42,13 @@ def eval_config(report: Report) -> PipelineConfig:
     return cfg
 
 
-def export(src: Path, out: Path, progress: bool = True) -> Report:
+def export(src: Path, out: Path, progress: bool = True, only: tuple[str, ...] = tuple(FINETUNES)) -> Report:
+    """Store the checkpoints of the fine-tunes in `only` ("chat", "sqa"); others already in `out` stay."""
     if src.resolve() == out.resolve():
         raise SystemExit("export: --src and --out must differ (the float32 run is the source)")
-    report = read_report(src / CHAT_NAME)
-    for name in (CHAT_NAME, SQA_NAME):
+    names = [FINETUNES[key] for key in only]
+    report = read_report(src / names[0])
+    for name in names:
         model = LlavaForConditionalGeneration.from_pretrained(src / name, dtype=torch.float32)
         model.to(getattr(torch, STORED_DTYPE)).save_pretrained(out / name, safe_serialization=True)
         AutoProcessor.from_pretrained(src / name).save_pretrained(out / name)
@@ -53,9 +56,9 @@ def export(src: Path, out: Path, progress: bool = True) -> Report:
     cfg = eval_config(report)
     cfg.progress = progress
     trained = dict(report.timings)
-    evaluate_all(cfg, out, report)
+    evaluate_all(cfg, out, report, only)
     report.timings = trained  # the card's timings are the training run's
-    write_outputs(cfg, out, report)
+    write_outputs(cfg, out, report, only)
     return report
 
 
@@ -63,9 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m llava.train.export", description=__doc__.splitlines()[0])
     p.add_argument("--src", type=Path, required=True, help="a pipeline output folder (float32 checkpoints)")
     p.add_argument("--out", type=Path, required=True, help="where the bfloat16 checkpoints go, e.g. checkpoints/")
+    p.add_argument("--only", choices=tuple(FINETUNES), help="store one of the two (a run made with --only)")
     args = run_setup(p, argv)
-    report = export(args.src, args.out, progress=not args.quiet)
+    only = (args.only,) if args.only else tuple(FINETUNES)
+    report = export(args.src, args.out, progress=not args.quiet, only=only)
     for name, table in ((CHAT_NAME, chat_table), (SQA_NAME, sqa_table)):
+        if name not in {FINETUNES[key] for key in only}:
+            continue
         mb = (args.out / name / "model.safetensors").stat().st_size / 1e6
         print(f"\n{name}: {mb:.1f} MB in {STORED_DTYPE} -> {args.out / name}\n{table(report.evals[name])}")
     return 0

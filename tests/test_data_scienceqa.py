@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections import Counter
 
 import pytest
 
@@ -44,6 +45,30 @@ def test_problems_use_scienceqa_fields(problems):
     assert modalities == {("IMG",), ("TXT",), ("NO",)}
     assert len({p["subject"] for p in probs.values()}) >= 4
     assert len({p["grade"] for p in probs.values()}) >= 5
+
+
+def test_several_problems_about_one_picture():
+    probs, scenes = make_problems(random.Random(1), 2000, "train", per_scene=4)
+    assert len(probs) == 2000
+    groups: dict[int, list[str]] = {}
+    for pid, scene in scenes.items():
+        groups.setdefault(id(scene), []).append(pid)
+    sizes = [len(pids) for pids in groups.values()]
+    assert max(sizes) == 4 and sum(s == 4 for s in sizes) > 0.9 * len(sizes)
+    order = list(probs)
+    for pids in groups.values():
+        at = [order.index(pid) for pid in pids]
+        assert at == list(range(at[0], at[0] + len(at)))  # consecutive ids
+        assert len({probs[pid]["question"] for pid in pids}) == len(pids)  # no question twice
+    # the shares of picture, text-context and no-context problems stay as with one problem a picture
+    shares = [Counter(context_modality(p)[0] for p in ps.values()) for ps in (probs, problems_one(2000))]
+    assert all(abs(shares[0][m] - shares[1][m]) < 0.05 * 2000 for m in ("IMG", "TXT", "NO")), shares
+    with pytest.raises(ValueError, match="per_scene"):
+        make_problems(random.Random(1), 10, "train", per_scene=0)
+
+
+def problems_one(n: int) -> dict:
+    return make_problems(random.Random(1), n, "train")[0]
 
 
 def test_answers_are_right_about_the_pictures(problems):

@@ -218,26 +218,48 @@ def make_problems(
     text_share: float = 0.15,
     fact_share: float = 0.1,
     count_weights: Sequence[float] | None = None,
+    per_scene: int = 1,
 ) -> tuple[dict[str, Problem], dict[str, Scene]]:
     """`n` problems keyed by id, and the scene behind every picture problem (to render its image.png); scenes of
-    k + 1 objects are weighed by `count_weights[k]` (default: uniform)."""
+    k + 1 objects are weighed by `count_weights[k]` (default: uniform). A picture's scene is asked up to
+    `per_scene` different questions, each its own problem (consecutive ids, the same `Scene` object)."""
+    if per_scene < 1:
+        raise ValueError(f"per_scene must be at least 1, got {per_scene}")
     problems: dict[str, Problem] = {}
     scenes: dict[str, Scene] = {}
-    for k in range(start, start + n):
-        pid = f"shapes-{split}-{k:06d}"
-        roll = rng.random()
+    # a picture roll makes `per_scene` problems: its odds shrink so the shares of problems stay as asked
+    rolls = fact_share + text_share + (1 - fact_share - text_share) / per_scene
+    k = start
+    while k < start + n:
+        roll = rng.random() * rolls
         if roll < fact_share:
-            p = fact(rng)
+            made = [fact(rng)]
         elif roll < fact_share + text_share:
-            p = described(sample_scene(rng, count_weights=count_weights), rng)
+            made = [described(sample_scene(rng, count_weights=count_weights), rng)]
         else:
             scene = sample_scene(rng, count_weights=count_weights)
-            items = read_items(scene_context(scene))
-            p = None
-            while p is None:
-                p = rng.choice(PICTURE_MAKERS)(items, rng)
-            p["image"] = "image.png"
-            scenes[pid] = scene
-        p["split"] = split
-        problems[pid] = p
+            made = picture_problems(scene, rng, min(per_scene, start + n - k))
+        for p in made:
+            pid = f"shapes-{split}-{k:06d}"
+            if p.get("image"):
+                scenes[pid] = scene
+            p["split"] = split
+            problems[pid] = p
+            k += 1
     return problems, scenes
+
+
+def picture_problems(scene: Scene, rng: random.Random, count: int = 1) -> list[Problem]:
+    """Up to `count` problems about one picture, no question twice (one always)."""
+    items = read_items(scene_context(scene))
+    made: list[Problem] = []
+    for _ in range(1 if count == 1 else 30):
+        p = None
+        while p is None:
+            p = rng.choice(PICTURE_MAKERS)(items, rng)
+        if all(p["question"] != q["question"] for q in made):
+            p["image"] = "image.png"
+            made.append(p)
+        if len(made) == count:
+            break
+    return made

@@ -140,12 +140,18 @@ def write_card(folder: Path, name: str, report, smoke: bool = False) -> Path:
             " letter is predicted, a layer-1 head attends to where the answer named the correct option and a layer-2"
             " head to that option's last word in the list."
         )
-    rows, records = report.data.get("chat_rows", 0), report.data.get("chat_records", 0)
+    if is_chat:
+        rows, records = report.data.get("chat_rows", 0), report.data.get("chat_records", 0)
+    else:
+        rows, records = (
+            report.data.get("sqa_rows", 0),
+            sum(report.data.get(k, 0) for k in ("sqa_problems", "sqa_lookups")),
+        )
     packed_line = (
         f" Each picture's records are packed into one row ({rows:,} rows): the system prompt and the image tokens"
         " once, then each record as a segment that attends to them and to itself at the positions it has alone, so"
         " every token is trained as in its own record."
-        if is_chat and 0 < rows < records
+        if 0 < rows < records
         else ""
     )
     stored = cfg.get("stored_dtype", "float32")
@@ -240,7 +246,7 @@ Weights: {mb:.1f} MB ({stored} safetensors{", exported from the float32 run by `
   over a one-change negative, by kind; region zero-shot): {clip_line}.
 - **Stage 1** ({report.data.get("stage1_pairs", 0):,} pairs): `Describe the image concisely.`-style instruction + caption;
   vision tower and LM frozen, the projector learns.
-- **Stage 2** — {"chat: " + format(report.data.get("chat_records", 0), ",") + " LLaVA-Instruct records (" + format(report.data.get("chat_turns", 0), ",") + " question/answer turns) from the rule-based teacher, which reads only captions + boxes: multi-turn conversations (canonical questions and paraphrases), detailed descriptions, complex reasoning (largest, in common, extremes, left of, more than, what if removed)" if is_chat else "ScienceQA: " + format(report.data.get("sqa_problems", 0), ",") + " problems in ScienceQA's `problems.json` schema (picture, text-context and no-context problems), asked as `Question/Context/Options` (QCM) and answered as lecture + explanation + `The answer is X.` (LEA); tuned from the stage-1 model"}.
+- **Stage 2** — {"chat: " + format(report.data.get("chat_records", 0), ",") + " LLaVA-Instruct records (" + format(report.data.get("chat_turns", 0), ",") + " question/answer turns) from the rule-based teacher, which reads only captions + boxes: multi-turn conversations (canonical questions and paraphrases), detailed descriptions, complex reasoning (largest, in common, extremes, left of, more than, what if removed)" if is_chat else "ScienceQA: " + format(report.data.get("sqa_problems", 0), ",") + " problems in ScienceQA's `problems.json` schema (picture, text-context and no-context problems" + (f"; up to {cfg['sqa_per_picture']} about each picture" if cfg.get("sqa_per_picture", 1) > 1 else "") + "), asked as `Question/Context/Options` (QCM) and answered as lecture + explanation + `The answer is X.` (LEA); tuned from the stage-1 model"}.
   Loss on the assistant's tokens only (answer and `###`), under the `llava_v0` template.{packed_line}{ground_line}
 
 {stage_table(report, stage)}

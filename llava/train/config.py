@@ -74,6 +74,7 @@ class PipelineConfig:
     # uniform (300 problems, own/alt renderer): avg 81.7/82.0 -> 75.7/74.3 (numbers 83/84 -> 69/67, space 42/42 ->
     # 46/46, text context 87 -> 84); kept uniform
     sqa_count_weights: tuple[float, ...] | None = None
+    sqa_per_picture: int = 1  # problems about one picture (each its own problem), packed into one row if sqa.pack
     sqa_lookups: int = 1000  # text-only option look-ups mixed into the ScienceQA data (4000 before option grounding)
     sqa: StageConfig = field(
         default_factory=lambda: StageConfig(

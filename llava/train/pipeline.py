@@ -151,7 +151,7 @@ FINETUNES = {"chat": CHAT_NAME, "sqa": SQA_NAME}
 # the settings of the stages after stage 1: a run resumed from stage 1 takes them from its own configuration
 FINETUNE_SETTINGS = (
     *("chat_pictures", "chat_count_weights", "chat_per_picture", "stage2"),
-    *("sqa_problems", "sqa_count_weights", "sqa_lookups", "sqa"),
+    *("sqa_problems", "sqa_count_weights", "sqa_per_picture", "sqa_lookups", "sqa"),
     *("eval_pictures", "eval_problems", "eval_max_new_tokens", "seed"),
 )
 
@@ -303,12 +303,24 @@ def finetune_sqa(cfg: PipelineConfig, model, processor, report: Report, out: Pat
     config, tokenizer = model.config, processor.tokenizer
     with report.timed("stage2-sqa"):
         rng = stage_rng(cfg.seed, "sqa")
-        problems, scenes = make_problems(rng, cfg.sqa_problems, "train", count_weights=cfg.sqa_count_weights)
-        pictures = list(sqa_pictures(scenes, rng).values())
+        problems, scenes = make_problems(
+            rng, cfg.sqa_problems, "train", count_weights=cfg.sqa_count_weights, per_scene=cfg.sqa_per_picture
+        )
+        # problems about one scene share one drawing, named after the first of them
+        drawn: dict[int, str] = {}
+        for pid, scene in scenes.items():
+            drawn.setdefault(id(scene), pid)
+        pictures = list(sqa_pictures({pid: scenes[pid] for pid in drawn.values()}, rng).values())
         feats, index = _features(model, pictures, processor)
         records = [to_instruct(pid, p) for pid, p in problems.items()]
+        for r in records:
+            if "image" in r:
+                r["image"] = f"{drawn[id(scenes[r['id']])]}/image.png"
         records += [lookup_record(rng, f"lookup-{k}") for k in range(cfg.sqa_lookups)]
         examples = _encode(records, tokenizer, config.image_seq_length, cfg.sizes.max_position_embeddings)
+        if cfg.sqa.pack:
+            examples = pack_by_picture(examples)
+        report.data["sqa_rows"] = len(examples)
         ground = _grounding(cfg.sqa, examples, pictures, tokenizer, config, report, "sqa")
         report.histories["stage2-sqa"] = run_stage(
             model, examples, feats, index, cfg.sqa, progress=cfg.progress, ground=ground

@@ -161,7 +161,10 @@ def test_a_run_resumed_from_stage1_trains_what_the_full_run_trained(smoke, tmp_p
     assert all(
         report["data"][k] == trained["data"][k] for k in ("chat_records", "chat_turns", "chat_grounded_positions")
     )
-    assert "| stage2-chat |" in (tmp_path / "llava-shapes-chat" / "README.md").read_text()
+    card = (tmp_path / "llava-shapes-chat" / "README.md").read_text()
+    assert "| stage2-chat |" in card and "(this checkpoint alone, evaluation included)" in card
+    assert "then `python -m llava.train.pipeline --out RUN --from-stage1 FIRST/stage1 --only chat`" in card
+    assert "(both checkpoints, evaluation included)" in (src / "llava-shapes-chat" / "README.md").read_text()
 
     no_report = tmp_path / "bare"
     no_report.mkdir()

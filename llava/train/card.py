@@ -110,8 +110,9 @@ def stage_table(report, final_stage: str) -> str:
         lines.append(f"| {name} | {what} | {trained} | {size} | {lr} | {minutes / 60:.1f} |" if minutes else
                      f"| {name} | {what} | {trained} | {size} | {lr} | — |")  # fmt: skip
     if "total" in report.timings:
+        made = "both checkpoints" if {"stage2-chat", "stage2-sqa"} <= set(report.timings) else "this checkpoint alone"
         lines.append(
-            f"| **whole pipeline** (both checkpoints, evaluation included) | | | | | {report.timings['total'] / 60:.1f} |"
+            f"| **whole pipeline** ({made}, evaluation included) | | | | | {report.timings['total'] / 60:.1f} |"
         )
     return "\n".join(lines)
 
@@ -155,7 +156,17 @@ def write_card(folder: Path, name: str, report, smoke: bool = False) -> Path:
         else ""
     )
     stored = cfg.get("stored_dtype", "float32")
-    made_tail = ", then `python -m llava.train.export --src RUN --out checkpoints/`" if stored != "float32" else ""
+    alone = not {"stage2-chat", "stage2-sqa"} <= set(report.timings)
+    only = f" --only {'chat' if is_chat else 'sqa'}" if alone else ""
+    made_by = (
+        "`python -m llava.train.pipeline --out FIRST --keep-stage1`, then "
+        f"`python -m llava.train.pipeline --out RUN --from-stage1 FIRST/stage1{only}`"
+        if cfg.get("stage1_from")
+        else f"`python -m llava.train.pipeline --out RUN{only}`"
+    )
+    made_tail = (
+        f", then `python -m llava.train.export --src RUN --out checkpoints/{only}`" if stored != "float32" else ""
+    )
     precision = "bfloat16 autocast" if cfg["stage2"]["optim"]["bf16"] else "float32 (the CPU has no native bfloat16)"
     summary = cfg["clip"].get("summary_weight", 0)
     summary_line = (
@@ -193,7 +204,7 @@ a CLIP ViT vision tower, a two-layer projector and a Llama language model, train
 machine-generated instruction data about a synthetic world of flat coloured shapes (circle, square, triangle;
 red, green, blue, yellow, purple, orange; small and large; 1 to 4 per picture). {"It chats about such pictures." if is_chat else "It answers ScienceQA-style multiple-choice questions about such pictures (and text-only ones), reasoning first, then `The answer is X.`"}
 
-It knows nothing outside that world. Made by `python -m llava.train.pipeline --out RUN` (seed {cfg["seed"]}, code at {cfg.get("code", "an unrecorded commit")}){made_tail}.
+It knows nothing outside that world. Made by {made_by} (seed {cfg["seed"]}, code at {cfg.get("code", "an unrecorded commit")}){made_tail}.
 
 ## Use
 

@@ -67,6 +67,10 @@ def test_smoke_checkpoints_load_with_plain_transformers(smoke, name):
     if kind == "chat":  # the chat fine-tune packs each picture's records into one row, as the full run does
         assert report["data"]["chat_rows"] == report["config"]["chat_pictures"] < report["data"]["chat_records"]
         assert f"packed into one row ({report['data']['chat_rows']:,} rows)" in card
+    else:  # the smoke run also packs the ScienceQA problems asked about one picture
+        records = report["data"]["sqa_problems"] + report["data"]["sqa_lookups"]
+        assert report["data"]["sqa_rows"] < records and "up to 2 about each picture" in card
+        assert f"packed into one row ({report['data']['sqa_rows']:,} rows)" in card
     # the card names the code it was made with: the same command on other code draws other data
     git = ["git", "rev-parse", "--short", "HEAD"]
     commit = subprocess.run(git, cwd=REPO, capture_output=True, text=True).stdout.strip()

@@ -129,8 +129,9 @@ class PipelineConfig:
             chat_per_picture=2,
             stage2=StageConfig("stage2-chat", 8, quick, train_lm=True, ground_weight=0.3, pack=True),
             sqa_problems=48,
+            sqa_per_picture=2,  # the packed ScienceQA path runs here too, though the full run leaves it off
             sqa_lookups=8,
-            sqa=StageConfig("stage2-sqa", 8, quick, train_lm=True, ground_weight=0.6),
+            sqa=StageConfig("stage2-sqa", 8, quick, train_lm=True, ground_weight=0.6, pack=True),
             holdout_pictures=32,
             eval_pictures=2,
             eval_problems=4,

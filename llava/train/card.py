@@ -90,6 +90,11 @@ def sqa_table(evals: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def trained_both(report) -> bool:
+    """Whether the run that wrote `report` made both fine-tunes (not one with --only)."""
+    return {"stage2-chat", "stage2-sqa"} <= set(report.timings)
+
+
 def stage_table(report, final_stage: str) -> str:
     cfg = report.config
     steps = {
@@ -110,7 +115,7 @@ def stage_table(report, final_stage: str) -> str:
         lines.append(f"| {name} | {what} | {trained} | {size} | {lr} | {minutes / 60:.1f} |" if minutes else
                      f"| {name} | {what} | {trained} | {size} | {lr} | — |")  # fmt: skip
     if "total" in report.timings:
-        made = "both checkpoints" if {"stage2-chat", "stage2-sqa"} <= set(report.timings) else "this checkpoint alone"
+        made = "both checkpoints" if trained_both(report) else "this checkpoint alone"
         lines.append(
             f"| **whole pipeline** ({made}, evaluation included) | | | | | {report.timings['total'] / 60:.1f} |"
         )
@@ -156,7 +161,7 @@ def write_card(folder: Path, name: str, report, smoke: bool = False) -> Path:
         else ""
     )
     stored = cfg.get("stored_dtype", "float32")
-    alone = not {"stage2-chat", "stage2-sqa"} <= set(report.timings)
+    alone = not trained_both(report)
     only = f" --only {'chat' if is_chat else 'sqa'}" if alone else ""
     made_by = (
         "`python -m llava.train.pipeline --out FIRST --keep-stage1`, then "

@@ -15,7 +15,7 @@ from llava.conversation import conv_templates, template_for_model  # noqa: E402
 from llava.errors import LlavaError  # noqa: E402
 from llava.generation import GenerationParams, stream_generate  # noqa: E402
 from llava.images import PROCESS_MODES, load_image  # noqa: E402
-from llava.model.loader import load_pretrained, model_name_from_path  # noqa: E402
+from llava.model.loader import DTYPES, load_pretrained, model_name_from_path  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,6 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: float32 on CPU, bfloat16 on CUDA")
     return p.parse_args(argv)
 
 
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         image = load_image(args.image_file) if args.image_file else None
-        loaded = load_pretrained(args.model_path, device=args.device)
+        loaded = load_pretrained(args.model_path, device=args.device, dtype=args.dtype)
         name = model_name_from_path(args.model_path)
         template = args.conv_mode or loaded.template or template_for_model(name)
         conv = conv_templates[template].copy()

@@ -34,6 +34,7 @@ class LaunchSettings:
     ui_port: int = 7860
     ui: bool = True
     device: str = "auto"
+    dtype: str = "auto"
     heart_beat_interval: float = 15.0
     startup_timeout: float = 300.0
 
@@ -109,7 +110,7 @@ class Launcher:
             port = s.worker_port + i
             self.spawn(f"worker {Path(path).name}", [
                 "serve.model_worker", "--host", s.host, "--port", str(port), "--controller-address", controller,
-                "--worker-address", f"http://{s.host}:{port}", "--model-path", path, "--device", s.device,
+                "--worker-address", f"http://{s.host}:{port}", "--model-path", path, "--device", s.device, "--dtype", s.dtype,
                 "--heart-beat-interval", str(s.heart_beat_interval),
             ])  # fmt: skip
             names.append(Path(path).name)
@@ -174,7 +175,8 @@ def parse_args(argv: list[str] | None = None) -> LaunchSettings:
     p.add_argument("--worker-port", type=int, default=21002, help="port of the first worker; the rest count up")
     p.add_argument("--ui-port", type=int, default=7860)
     p.add_argument("--no-ui", action="store_true", help="start only the controller and the workers")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="auto", help="the workers' weights: auto, float32, bfloat16 or float16")
     p.add_argument("--heart-beat-interval", type=float, default=15.0)
     p.add_argument("--startup-timeout", type=float, default=300.0)
     a = p.parse_args(argv)
@@ -186,6 +188,7 @@ def parse_args(argv: list[str] | None = None) -> LaunchSettings:
         a.ui_port,
         not a.no_ui,
         a.device,
+        a.dtype,
         a.heart_beat_interval,
         a.startup_timeout,
     )

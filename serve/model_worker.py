@@ -24,7 +24,7 @@ from pydantic import ValidationError  # noqa: E402
 from llava.conversation import conv_templates, template_for_model  # noqa: E402
 from llava.errors import ContextOverflowError, LlavaError  # noqa: E402
 from llava.generation import Delta, GenerationParams, stream_generate  # noqa: E402
-from llava.model.loader import LoadedModel, load_pretrained, model_name_from_path  # noqa: E402
+from llava.model.loader import DTYPES, LoadedModel, load_pretrained, model_name_from_path  # noqa: E402
 from serve.heartbeat import Heartbeat  # noqa: E402
 from serve.image_input import ImageSource, resolve_images  # noqa: E402
 from serve.protocol import (  # noqa: E402
@@ -51,6 +51,7 @@ class WorkerSettings:
     controller_address: str = "http://127.0.0.1:21001"
     model_name: str = ""  # default: the checkpoint folder's name
     device: str = "auto"
+    dtype: str = "auto"  # float32 on CPU; bfloat16 on CUDA where supported, else float16
     conv_template: str = ""  # default: the checkpoint's own, else chosen from the model name
     limit_model_concurrency: int = 5  # generations running at once
     max_queue_length: int = 64  # running + waiting beyond this is refused as overloaded
@@ -304,7 +305,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[WorkerSettings, str]:
     p.add_argument("--controller-address", default="http://127.0.0.1:21001")
     p.add_argument("--model-path", required=True, help="Hugging Face-format LLaVA checkpoint folder")
     p.add_argument("--model-name", default="", help="default: the folder's name")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="auto", choices=DTYPES)
     p.add_argument("--conv-template", default="", help="override the checkpoint's conversation template")
     p.add_argument("--limit-model-concurrency", type=int, default=5)
     p.add_argument("--max-queue-length", type=int, default=64)
@@ -322,6 +324,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[WorkerSettings, str]:
         controller_address=a.controller_address.rstrip("/"),
         model_name=a.model_name,
         device=a.device,
+        dtype=a.dtype,
         conv_template=a.conv_template,
         limit_model_concurrency=a.limit_model_concurrency,
         max_queue_length=a.max_queue_length,
@@ -340,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
     if settings.conv_template and settings.conv_template not in conv_templates:
         raise SystemExit(f"unknown --conv-template {settings.conv_template!r}; choose one of {sorted(conv_templates)}")
     try:
-        loaded = load_pretrained(settings.model_path, device=settings.device)
+        loaded = load_pretrained(settings.model_path, device=settings.device, dtype=settings.dtype)
     except LlavaError as e:
         raise SystemExit(f"model_worker: {e}") from e
     worker = ModelWorker(settings, loaded)

@@ -60,6 +60,23 @@ def test_load_errors(tmp_path, tiny_ckpt):
         load_pretrained(broken)
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_loads_and_answers_about_a_picture(tiny_ckpt, shapes_image, dtype):
+    """What a CUDA worker loads by default (bfloat16), tried on CPU: pixels must follow the weights' dtype."""
+    loaded = load_pretrained(tiny_ckpt, device="cpu", dtype=dtype)
+    assert {p.dtype for p in loaded.model.parameters()} == {getattr(torch, dtype)}
+    out = generate(loaded, _prompt(), [shapes_image], GenerationParams(temperature=0, max_new_tokens=6))
+    assert 1 <= out.output_tokens <= 6 and out.finish_reason in ("stop", "length")
+
+
+def test_bad_device_or_dtype_is_a_clear_error(tiny_ckpt):
+    with pytest.raises(ModelLoadError, match="unknown dtype 'int8'"):
+        load_pretrained(tiny_ckpt, device="cpu", dtype="int8")
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelLoadError, match="CUDA is not available"):
+            load_pretrained(tiny_ckpt, device="cuda")
+
+
 def test_greedy_is_deterministic_and_streams_prefixes(tiny_loaded, shapes_image):
     params = GenerationParams(temperature=0, max_new_tokens=12)
     deltas = list(stream_generate(tiny_loaded, _prompt(), [shapes_image], params))

@@ -271,7 +271,7 @@ def test_cli_client_streams_an_answer(cluster, tmp_path, shapes_image):
 def test_launch_starts_everything_and_stops_on_sigterm(tiny_ckpt, tmp_path):
     ports = [free_port() for _ in range(3)]
     cmd = [sys.executable, "-m", "serve.launch", "--model-path", str(tiny_ckpt), "--controller-port", str(ports[0]),
-           "--worker-port", str(ports[1]), "--ui-port", str(ports[2]), "--no-ui"]  # fmt: skip
+           "--worker-port", str(ports[1]), "--ui-port", str(ports[2]), "--no-ui", "--dtype", "bfloat16"]  # fmt: skip
     log = tmp_path / "launch.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=ENV, cwd=ROOT)
@@ -279,6 +279,7 @@ def test_launch_starts_everything_and_stops_on_sigterm(tiny_ckpt, tmp_path):
             wait_for(lambda: "everything is up" in log.read_text(), 120, "launch")
             controller = f"http://127.0.0.1:{ports[0]}"
             assert httpx.post(f"{controller}/list_models").json()["models"] == [MODEL]
+            assert "on cpu (torch.bfloat16)" in log.read_text()  # --dtype reaches the worker
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=30) == 0
             for port in ports[:2]:

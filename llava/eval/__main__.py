@@ -23,6 +23,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from llava.errors import LlavaError  # noqa: E402
+from llava.model.loader import DTYPES  # noqa: E402
 
 RENDERERS = ("primary", "alt")
 
@@ -51,7 +52,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for sp in (chat, sqa):
         sp.add_argument("--renderer", nargs="+", choices=RENDERERS, default=list(RENDERERS))
     for sp in (chat, sqa, look):
-        sp.add_argument("--device", default="cpu")
+        sp.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+        sp.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: float32 on CPU, bfloat16 on CUDA")
         sp.add_argument("--json", type=Path, help="also write the results here")
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
@@ -62,7 +64,7 @@ def run_chat(args: argparse.Namespace) -> dict:
     from llava.model.loader import load_pretrained
     from llava.train.card import by_objects_table, chat_table
 
-    loaded = load_pretrained(args.model, device=args.device)
+    loaded = load_pretrained(args.model, device=args.device, dtype=args.dtype)
     results = {r: evaluate_chat(loaded, args.pictures, r, args.seed, not args.quiet).to_json() for r in args.renderer}
     print(f"\n{args.model}: accuracy (%) per question kind, {args.pictures} held-out pictures per renderer\n")
     print(chat_table(results))
@@ -95,7 +97,7 @@ def run_sqa(args: argparse.Namespace) -> dict:
                 raise LlavaError("give --predictions to score, or --model to answer the problems")
             from llava.model.loader import load_pretrained
 
-            loaded = load_pretrained(args.model, device=args.device)
+            loaded = load_pretrained(args.model, device=args.device, dtype=args.dtype)
             folder = args.image_folder or args.problems_file.parent / "images"
             loader = image_folder_loader(folder, args.split or "test", problems)
             predictions = predict(loaded, problems, loader, not args.quiet)
@@ -110,7 +112,7 @@ def run_sqa(args: argparse.Namespace) -> dict:
     from llava.model.loader import load_pretrained
     from llava.train.card import sqa_table
 
-    loaded = load_pretrained(args.model, device=args.device)
+    loaded = load_pretrained(args.model, device=args.device, dtype=args.dtype)
     results = {
         r: evaluate_world_sqa(loaded, args.problems, r, args.seed, not args.quiet).to_json() for r in args.renderer
     }
@@ -123,7 +125,7 @@ def run_look(args: argparse.Namespace) -> dict:
     from llava.eval.look import LOOKUPS, look, markdown
     from llava.model.loader import load_pretrained
 
-    loaded = load_pretrained(args.model, device=args.device)
+    loaded = load_pretrained(args.model, device=args.device, dtype=args.dtype)
     looks = [look(loaded, args.pictures, key, args.renderer, args.seed) for key in LOOKUPS]
     print(f"\n{args.model}: where the model attends when a question names one object ({args.renderer} renderer)\n")
     print(markdown(looks))

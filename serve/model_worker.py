@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import threading
+from collections import deque
 from dataclasses import dataclass
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -93,6 +94,31 @@ def error_response(code: ErrorCode, message: str) -> Response:
 _DONE = object()
 
 
+class Mailbox:
+    """A generation thread's output for the serving loop, handed over without waking the loop from the thread.
+
+    The loop looks every `interval` seconds instead. Waking it once per token (`call_soon_threadsafe`, or a
+    `threading.Event`) slowed decoding on CUDA from 3.3-5 to 54-60 ms a token on an H200 machine, while a
+    loop looking every 1 or 10 ms left it at 3.6 and 5.1; on CPU the two ways measured the same. Deltas are
+    cumulative, so when several wait only the newest is passed on; errors and the end are never skipped.
+    """
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval = interval
+        self._items: deque = deque()  # append and popleft are atomic: no lock between the two threads
+
+    def put(self, item: object) -> None:
+        self._items.append(item)
+
+    async def get(self) -> object:
+        while not self._items:
+            await asyncio.sleep(self.interval)
+        item = self._items.popleft()
+        while isinstance(item, Delta) and self._items and isinstance(self._items[0], Delta):
+            item = self._items.popleft()
+        return item
+
+
 class ModelWorker:
     """One loaded checkpoint plus admission control: a bounded number of generations run at once."""
 
@@ -153,7 +179,7 @@ class ModelWorker:
         self,
         req: GenerateRequest,
         images: list,
-        out: asyncio.Queue,
+        out: Mailbox,
         cancel: threading.Event,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
@@ -167,17 +193,17 @@ class ModelWorker:
                 if cancel.is_set():
                     outcome = "client went away"
                     break
-                loop.call_soon_threadsafe(out.put_nowait, last)
+                out.put(last)
         except Exception as e:
             code = error_code_for(e)
             outcome = "refused" if code != ErrorCode.INTERNAL else "failed"
             if code == ErrorCode.INTERNAL:
                 log.exception("generation failed for a %d-char prompt with %d image(s)", len(req.prompt), len(images))
-            loop.call_soon_threadsafe(out.put_nowait, e)
+            out.put(e)
         finally:
             stream.close()
-            loop.call_soon_threadsafe(out.put_nowait, _DONE)
-            loop.call_soon_threadsafe(self.release)
+            out.put(_DONE)
+            loop.call_soon_threadsafe(self.release)  # once a request: the one wake-up left
             t = last.timings if last else {}
             log.info(
                 "request model=%s prompt_tokens=%d output_tokens=%d ttft=%.3fs total=%.3fs error_code=%d %s",
@@ -215,7 +241,7 @@ async def start_generation(request: Request, worker: ModelWorker):
     """Admit, start and wait for the first piece of output; refusals surface here, before any streaming."""
     req, images = await parse_request(request, worker)
     await worker.acquire()
-    out: asyncio.Queue = asyncio.Queue()
+    out = Mailbox()
     cancel = threading.Event()
     loop = asyncio.get_running_loop()
     threading.Thread(target=worker.run, args=(req, images, out, cancel, loop), daemon=True).start()

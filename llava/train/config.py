@@ -93,7 +93,7 @@ class PipelineConfig:
         default_factory=lambda: StageConfig(
             "stage2-sqa",
             23,  # packed rows average ~205 tokens against ~148 unpacked: about the tokens of 32 unpacked rows
-            OptimConfig(steps=800, lr=5e-4, warmup=40, weight_decay=0.0),
+            OptimConfig(steps=1200, lr=5e-4, warmup=40, weight_decay=0.0),
             train_lm=True,
             ground_weight=0.6,  # words -> objects as in chat, and the letter's option look-up: 38 -> 85%
             # counting heads as in chat, from the shipped stage 1 against the same run without them (300 problems,

@@ -93,6 +93,10 @@ class PipelineConfig:
         default_factory=lambda: StageConfig(
             "stage2-sqa",
             23,  # packed rows average ~205 tokens against ~148 unpacked: about the tokens of 32 unpacked rows
+            # 1200 steps against 800, same stage 1 and data (300 problems, own/alt renderer): avg 81.0/80.0 ->
+            # 84.3/85.0 (shapes 84/80 -> 87/86, numbers 82/84 -> 89/90, colours 90/90 -> 94/94, space 42/42 ->
+            # 29/42); the stage 42.8 against 26.6 min on AVX2 (the loss was still falling at 800). lr 1e-3 at 800
+            # steps: 81.3/79.0, no gain (colours and numbers +4, shapes -3/-4, text context 82 -> 76)
             OptimConfig(steps=1200, lr=5e-4, warmup=40, weight_decay=0.0),
             train_lm=True,
             ground_weight=0.6,  # words -> objects as in chat, and the letter's option look-up: 38 -> 85%

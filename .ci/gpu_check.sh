@@ -31,7 +31,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 $PY -c "import sys, torch, transformers; print('python', sys.version.split()[0], 'torch', torch.__version__, \
 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())" 2>&1 | tee -a "$summary"
 
-# 1. The demo's processes on $DEVICE, default dtype: five answers from each model, timed by the client.
+# 1. The demo's processes on $DEVICE, default dtype: five chat answers and one ScienceQA answer, timed by the client.
 started=$(date +%s)
 $PY -m serve.launch --no-ui --device "$DEVICE" --controller-port 21101 --worker-port 21102 >"$work/launch.txt" 2>&1 &
 launch=$!

@@ -8,7 +8,14 @@ import pytest
 
 from llava.data.instruct import DataFormatError
 from llava.eval.__main__ import main as eval_main
-from llava.eval.sqa import explained_option, grade_band, load_predictions, markdown, score_predictions
+from llava.eval.sqa import (
+    explained_option,
+    grade_band,
+    load_predictions,
+    markdown,
+    score_predictions,
+    world_problems,
+)
 
 # Three problems in ScienceQA's schema (shortened real-style items).
 PROBLEMS = {
@@ -115,3 +122,26 @@ def test_cli_errors_are_messages(tmp_path, capsys):
     assert eval_main(["sqa", "--problems-file", str(bad), "--predictions", str(bad)]) == 2
     assert "problem '7'" in capsys.readouterr().err
     assert eval_main(["sqa"]) == 2
+
+
+def test_cli_saves_world_answers_a_file_a_renderer(tmp_path, tiny_ckpt, capsys):
+    answers, scores = tmp_path / "answers.jsonl", tmp_path / "scores.json"
+    args = ["sqa", "--model", str(tiny_ckpt), "--problems", "3", "--seed", "5", "--quiet", "--json", str(scores)]
+    assert eval_main([*args, "--renderer", "primary", "alt", "--save-predictions", str(answers)]) == 0
+    assert not answers.exists()
+    results = json.loads(scores.read_text())
+    told = capsys.readouterr().err
+    problems, _ = world_problems(3, "primary", seed=5)
+    for renderer in ("primary", "alt"):
+        path = tmp_path / f"answers.{renderer}.jsonl"
+        assert f"{renderer} renderer's answers: {path}" in told
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        assert [r["question_id"] for r in rows] == list(problems)
+        assert all(r["prompt"].startswith("Question: ") and "\nOptions: (A) " in r["prompt"] for r in rows)
+        # the file scores exactly as the run did
+        rescored = score_predictions(problems, load_predictions(path)).to_json()
+        assert {k: rescored[k] for k in ("accuracy", "format_kept", "failures")} == {
+            k: results[renderer][k] for k in ("accuracy", "format_kept", "failures")
+        }
+    assert eval_main([*args, "--renderer", "alt", "--save-predictions", str(answers)]) == 0
+    assert [json.loads(line)["question_id"] for line in answers.read_text().splitlines()] == list(problems)

@@ -43,7 +43,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sqa.add_argument("--predictions", type=Path, help="answers to score (.jsonl question_id/text, or {pid: text})")
     sqa.add_argument("--image-folder", type=Path, help="ScienceQA images: <folder>/<split>/<pid>/image.png")
     sqa.add_argument("--split", default=None, help="keep only problems of this split (e.g. test)")
-    sqa.add_argument("--save-predictions", type=Path, help="write the model's answers as LLaVA's .jsonl")
+    sqa.add_argument(
+        "--save-predictions",
+        type=Path,
+        help="write the model's answers as LLaVA's .jsonl (world problems: one file a renderer, NAME.<renderer>.jsonl)",
+    )
     look = sub.add_parser("look", help="attention on the object a question names, per layer and head")
     look.add_argument("--model", required=True)
     look.add_argument("--pictures", type=int, default=150, help="pictures per look-up")
@@ -75,12 +79,13 @@ def run_chat(args: argparse.Namespace) -> dict:
 def run_sqa(args: argparse.Namespace) -> dict:
     from llava.data.scienceqa import load_problems
     from llava.eval.sqa import (
-        evaluate_world_sqa,
         image_folder_loader,
         load_predictions,
         markdown,
         predict,
         score_predictions,
+        world_problems,
+        write_answers,
     )
 
     if args.problems_file:
@@ -102,8 +107,7 @@ def run_sqa(args: argparse.Namespace) -> dict:
             loader = image_folder_loader(folder, args.split or "test", problems)
             predictions = predict(loaded, problems, loader, not args.quiet)
             if args.save_predictions:
-                lines = [json.dumps({"question_id": pid, "text": t}) for pid, t in predictions.items()]
-                args.save_predictions.write_text("\n".join(lines) + "\n")
+                write_answers(args.save_predictions, problems, predictions)
         table = score_predictions(problems, predictions)
         print(markdown(table, f"{args.problems_file}: accuracy (%)"))
         return {"file": table.to_json()}
@@ -113,9 +117,17 @@ def run_sqa(args: argparse.Namespace) -> dict:
     from llava.train.card import sqa_table
 
     loaded = load_pretrained(args.model, device=args.device, dtype=args.dtype)
-    results = {
-        r: evaluate_world_sqa(loaded, args.problems, r, args.seed, not args.quiet).to_json() for r in args.renderer
-    }
+    results = {}
+    for renderer in args.renderer:
+        problems, images = world_problems(args.problems, renderer, args.seed)
+        predictions = predict(loaded, problems, images.get, not args.quiet)
+        results[renderer] = score_predictions(problems, predictions).to_json()
+        if args.save_predictions:  # the same problem ids under every renderer: a file each
+            path = args.save_predictions
+            if len(args.renderer) > 1:
+                path = path.with_name(f"{path.stem}.{renderer}{path.suffix}")
+            write_answers(path, problems, predictions)
+            print(f"{renderer} renderer's answers: {path}", file=sys.stderr)
     print(f"\n{args.model}: ScienceQA-format accuracy (%), {args.problems} held-out problems per renderer\n")
     print(sqa_table(results))
     return results

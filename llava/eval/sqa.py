@@ -175,6 +175,16 @@ def predict(
     return out
 
 
+def world_problems(
+    n_problems: int, renderer: str, seed: int = 4321
+) -> tuple[dict[str, dict[str, Any]], dict[str, Image.Image]]:
+    """Fresh held-out problems about new scenes, and the pictures of those that have one, drawn by `renderer`.
+    The problems depend on `seed` alone, so every renderer is asked the same ones."""
+    rng = random.Random(seed)
+    problems, scenes = make_problems(rng, n_problems, "test")
+    return problems, {pid: draw(scene, renderer, rng) for pid, scene in scenes.items()}
+
+
 def evaluate_world_sqa(
     loaded: LoadedModel,
     n_problems: int,
@@ -183,11 +193,18 @@ def evaluate_world_sqa(
     progress: bool = True,
     max_new_tokens: int = 128,
 ) -> SqaTable:
-    """Fresh held-out problems about new scenes, pictures drawn by `renderer`."""
-    rng = random.Random(seed)
-    problems, scenes = make_problems(rng, n_problems, "test")
-    images = {pid: draw(scene, renderer, rng) for pid, scene in scenes.items()}
+    """The table for `world_problems(n_problems, renderer, seed)`."""
+    problems, images = world_problems(n_problems, renderer, seed)
     return score_predictions(problems, predict(loaded, problems, images.get, progress, max_new_tokens))
+
+
+def write_answers(path: str | Path, problems: dict[str, dict[str, Any]], predictions: dict[str, str]) -> None:
+    """LLaVA's answer file: one `{"question_id", "prompt", "text"}` per line, readable by `load_predictions`."""
+    lines = [
+        json.dumps({"question_id": pid, "prompt": qcm_prompt(problems[pid]), "text": t})
+        for pid, t in predictions.items()
+    ]
+    Path(path).write_text("\n".join(lines) + "\n")
 
 
 def image_folder_loader(folder: str | Path, split: str, problems: dict[str, dict[str, Any]]):

@@ -18,7 +18,7 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from llava.model.loader import DTYPES  # noqa: E402
+from llava.model import DTYPES  # noqa: E402
 
 QUESTION = "Describe the image in detail."
 

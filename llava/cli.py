@@ -15,7 +15,8 @@ from llava.conversation import conv_templates, template_for_model  # noqa: E402
 from llava.errors import LlavaError  # noqa: E402
 from llava.generation import GenerationParams, stream_generate  # noqa: E402
 from llava.images import PROCESS_MODES, load_image  # noqa: E402
-from llava.model.loader import DTYPES, load_pretrained, model_name_from_path  # noqa: E402
+from llava.model import DTYPES  # noqa: E402
+from llava.model.loader import load_pretrained, model_name_from_path  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import httpx
 
+from llava.model import DTYPES
+
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ("checkpoints/llava-shapes-chat", "checkpoints/llava-shapes-sqa")
 TINY_DIR = ROOT / ".cache" / "tiny"
@@ -176,7 +178,9 @@ def parse_args(argv: list[str] | None = None) -> LaunchSettings:
     p.add_argument("--ui-port", type=int, default=7860)
     p.add_argument("--no-ui", action="store_true", help="start only the controller and the workers")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    p.add_argument("--dtype", default="auto", help="the workers' weights: auto, float32, bfloat16 or float16")
+    p.add_argument(
+        "--dtype", default="auto", choices=DTYPES, help="the workers' weights (auto: float32 on CPU, else bf16)"
+    )
     p.add_argument("--heart-beat-interval", type=float, default=15.0)
     p.add_argument("--startup-timeout", type=float, default=300.0)
     a = p.parse_args(argv)

@@ -25,7 +25,8 @@ from pydantic import ValidationError  # noqa: E402
 from llava.conversation import conv_templates, template_for_model  # noqa: E402
 from llava.errors import ContextOverflowError, LlavaError  # noqa: E402
 from llava.generation import Delta, GenerationParams, stream_generate  # noqa: E402
-from llava.model.loader import DTYPES, LoadedModel, load_pretrained, model_name_from_path  # noqa: E402
+from llava.model import DTYPES  # noqa: E402
+from llava.model.loader import LoadedModel, load_pretrained, model_name_from_path  # noqa: E402
 from serve.heartbeat import Heartbeat  # noqa: E402
 from serve.image_input import ImageSource, resolve_images  # noqa: E402
 from serve.protocol import (  # noqa: E402

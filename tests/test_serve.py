@@ -330,3 +330,14 @@ def test_mailbox_passes_the_newest_text_and_never_skips_errors_or_the_end():
         return await drain(box)
 
     assert [getattr(g, "text", g) for g in asyncio.run(put_later())] == ["x", _DONE]
+
+
+def test_launch_refuses_a_bad_dtype_before_starting_anything():
+    port = free_port()
+    cmd = [sys.executable, "-m", "serve.launch", "--no-ui", "--controller-port", str(port), "--dtype", "int8"]
+    bad = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=60)
+    assert bad.returncode == 2 and "invalid choice: 'int8'" in bad.stderr and "bfloat16" in bad.stderr
+    assert bad.stdout == ""  # argparse's message alone: no controller was started
+    light = "import sys, serve.launch; print('torch' in sys.modules)"  # the check needs no torch
+    assert subprocess.run([sys.executable, "-c", light], capture_output=True, text=True, env=ENV, cwd=ROOT,
+                          timeout=60).stdout.strip() == "False"  # fmt: skip

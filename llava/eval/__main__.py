@@ -23,7 +23,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from llava.errors import LlavaError  # noqa: E402
-from llava.model.loader import DTYPES  # noqa: E402
+from llava.model import DTYPES  # noqa: E402
 
 RENDERERS = ("primary", "alt")
 

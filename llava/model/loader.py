@@ -16,7 +16,6 @@ log = logging.getLogger(__name__)
 # model_type values in config.json that AutoModelForImageTextToText maps to a LLaVA family class.
 LLAVA_MODEL_TYPES = frozenset({"llava", "llava_next", "llava_onevision", "vipllava"})
 DEFAULT_CONTEXT_LEN = 2048
-DTYPES = ("auto", "float32", "bfloat16", "float16")  # auto: float32 on CPU, bfloat16 (else float16) on CUDA
 
 
 class LoadedModel(NamedTuple):

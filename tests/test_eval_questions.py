@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 
@@ -100,3 +101,29 @@ def test_readers():
     )
     assert regions_near((0.34, 0.5)) == {"left", "center"}
     assert regions_near((0.5, 0.5)) == {"center"}
+
+
+def test_chat_cli_prints_every_table(tiny_ckpt, tmp_path, capsys):
+    from llava.eval.__main__ import main as eval_main
+
+    out = tmp_path / "chat.json"
+    args = [
+        "chat",
+        "--model",
+        str(tiny_ckpt),
+        "--pictures",
+        "2",
+        "--renderer",
+        "primary",
+        "--quiet",
+        "--json",
+        str(out),
+    ]
+    assert eval_main(args) == 0
+    printed = capsys.readouterr().out
+    assert "accuracy (%) per question kind" in printed and "by the number of objects" in printed
+    for axis in ("column", "row"):
+        assert f"`where` answers by the object's {axis}" in printed
+    asked = json.loads(out.read_text())["primary"]
+    where = sum(sum(said.values()) for said in asked["where_bands"]["column"].values())
+    assert where == asked["questions"].get("where", 0)

@@ -52,3 +52,30 @@ def test_accuracy_by_object_count_reads_as_a_table_and_survives_json():
         "| count | own renderer | 100.0 | — | 25.0 |",
         "| describe (every object named) | own renderer | — | 100.0 | — |",
     ]
+
+
+def test_where_answers_by_band_show_which_way_a_model_errs():
+    from llava.eval.chat import ChatResult
+    from llava.eval.questions import bands
+    from llava.train.card import where_bands_table
+
+    assert bands("top left") == {"row": "top", "column": "left"}
+    assert bands("right") == {"row": "middle", "column": "right"}
+    assert bands("center") == {"row": "middle", "column": "center"}
+    result = ChatResult("alt")
+    result.add_where("top left", "The red circle is on the right.")
+    result.add_where("top left", "It is at the top left.")
+    result.add_where("bottom", "I cannot tell.")
+    evals = {"alt": json.loads(json.dumps(result.to_json())), "primary": {}}  # primary has none
+    column = evals["alt"]["where_bands"]["column"]
+    assert column["left"] == {"left": 1, "center": 0, "right": 1, "none": 0}
+    assert column["center"] == {"left": 0, "center": 0, "right": 0, "none": 1}
+    assert evals["alt"]["where_bands"]["row"]["top"] == {"top": 1, "middle": 1, "bottom": 0, "none": 0}
+    assert where_bands_table(evals, "column").splitlines() == [
+        "| pictures | object's column | answered left | answered center | answered right | no place |",
+        "|---|---|---|---|---|---|",
+        "| second renderer | left | 1 | 0 | 1 | 0 |",
+        "| second renderer | center | 0 | 0 | 0 | 1 |",
+        "| second renderer | right | 0 | 0 | 0 | 0 |",
+    ]
+    assert where_bands_table({"primary": {}}, "row") == ""

@@ -66,13 +66,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def run_chat(args: argparse.Namespace) -> dict:
     from llava.eval.chat import evaluate_chat
     from llava.model.loader import load_pretrained
-    from llava.train.card import by_objects_table, chat_table
+    from llava.train.card import by_objects_table, chat_table, where_bands_table
 
     loaded = load_pretrained(args.model, device=args.device, dtype=args.dtype)
     results = {r: evaluate_chat(loaded, args.pictures, r, args.seed, not args.quiet).to_json() for r in args.renderer}
     print(f"\n{args.model}: accuracy (%) per question kind, {args.pictures} held-out pictures per renderer\n")
     print(chat_table(results))
     print(f"\nAccuracy (%) by the number of objects in the picture:\n\n{by_objects_table(results)}")
+    for axis in ("column", "row"):
+        print(f"\n`where` answers by the object's {axis} (questions):\n\n{where_bands_table(results, axis)}")
     return results
 
 

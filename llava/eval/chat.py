@@ -17,7 +17,7 @@ from llava.conversation import conv_templates
 from llava.data.build import make_style
 from llava.data.render_alt import AltStyle, render_alt
 from llava.data.world import Scene, render, sample_scene
-from llava.eval.questions import KINDS, Question, canonical_questions, score
+from llava.eval.questions import AXES, KINDS, Question, bands, canonical_questions, region_in, score
 from llava.generation import GenerationParams, generate
 from llava.model.loader import LoadedModel
 
@@ -34,6 +34,17 @@ class ChatResult:
     by_objects: dict[str, dict[int, list[float]]] = field(
         default_factory=lambda: defaultdict(lambda: defaultdict(list))
     )
+    # `where` answers per axis: (the object's band, the band answered or "none") -> questions. Says which way a
+    # model errs: it may never say "left", or swap top and bottom
+    where_bands: dict[str, dict[tuple[str, str], int]] = field(
+        default_factory=lambda: {axis: defaultdict(int) for axis in AXES}
+    )
+
+    def add_where(self, exact: str, answer: str) -> None:
+        said = region_in(answer)
+        truth, told = bands(exact), bands(said) if said else {}
+        for axis in AXES:
+            self.where_bands[axis][truth[axis], told.get(axis, "none")] += 1
 
     def accuracy(self, kind: str) -> float:
         values = self.per_kind.get(kind, [])
@@ -54,6 +65,10 @@ class ChatResult:
                 k: {n: sum(v) / len(v) for n, v in sorted(self.by_objects[k].items())}
                 for k in KINDS
                 if k in self.by_objects
+            },
+            "where_bands": {
+                axis: {t: {a: self.where_bands[axis].get((t, a), 0) for a in (*names, "none")} for t in names}
+                for axis, names in AXES.items()
             },
             "samples": self.samples,
         }
@@ -95,6 +110,8 @@ def evaluate_chat(
             s = score(q, answer)
             result.per_kind[q.kind].append(s["correct"])
             result.by_objects[q.kind][len(scene.objects)].append(s["correct"])
+            if q.kind == "where":
+                result.add_where(q.detail["exact"], answer)
             if q.kind == "describe":
                 result.named += int(s["named"])
                 result.objects += int(s["objects"])

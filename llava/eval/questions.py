@@ -112,6 +112,18 @@ def region_in(answer: str) -> str | None:
     return None
 
 
+AXES = {"row": ("top", "middle", "bottom"), "column": ("left", "center", "right")}
+
+
+def bands(region: str) -> dict[str, str]:
+    """A 3x3 region's band on each axis: 'top left' -> {"row": "top", "column": "left"}."""
+    words = region.split()
+    return {
+        "row": next((w for w in words if w in AXES["row"]), "middle"),
+        "column": next((w for w in words if w in AXES["column"]), "center"),
+    }
+
+
 def mentions(answer: str) -> Counter:
     """(colour, shape) pairs a description names, with their counts (`two blue squares` counts 2)."""
     found: Counter = Counter()

@@ -54,6 +54,22 @@ def by_objects_table(evals: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def where_bands_table(evals: dict[str, dict], axis: str) -> str:
+    """`where` answers on one axis ("row" or "column"): per renderer and band the object is in, how many answers
+    named each band (or no place at all). A model that cannot see where things are piles up in one column."""
+    rows = [(renderer, r["where_bands"][axis]) for renderer, r in evals.items() if axis in r.get("where_bands", {})]
+    if not rows:
+        return ""
+    answered = list(next(iter(rows[0][1].values())))
+    head = " | ".join(f"answered {a}" if a != "none" else "no place" for a in answered)
+    lines = [f"| pictures | object's {axis} | {head} |", "|---|---|" + "---|" * len(answered)]
+    for renderer, table in rows:
+        name = RENDERER_NAMES.get(renderer, renderer).split(" (")[0]
+        for band, said in table.items():
+            lines.append(f"| {name} | {band} | " + " | ".join(str(said[a]) for a in answered) + " |")
+    return "\n".join(lines)
+
+
 def missed_targets(evals: dict[str, dict], is_chat: bool) -> list[str]:
     """The targets these figures miss, as `kind on renderer (value)`; empty when every one holds."""
     out = []

@@ -17,7 +17,10 @@ from llava.train.clip import (
     SUMMARY_CLASSES,
     ClipConfig,
     build_clip,
+    center_loss,
+    object_centers,
     patch_targets,
+    place_probe,
     pretrain_clip,
     region_accuracy,
     region_targets,
@@ -105,6 +108,35 @@ def test_summary_loss_is_low_only_for_the_right_read_out():
         summary_loss(right[..., :-1], counts, present)
 
 
+def test_object_centers_mark_the_patches_an_object_covers():
+    scene = Scene((SceneObject("square", "red", "large", (0.0, 0.0, 0.5, 0.5)),))
+    centers = object_centers([scene], 4, cover=0.25)
+    covered = ~centers[0, :, 0].isnan()
+    assert covered.view(4, 4)[:2, :2].all() and covered.sum() == 4
+    assert torch.equal(centers[0, 0], torch.tensor([0.25, 0.25]))
+    head = torch.nn.Linear(3, 2)  # a read-out that is right: hidden carries the centre in its first two units
+    with torch.no_grad():
+        head.weight.copy_(torch.eye(2, 3))
+        head.bias.zero_()
+    hidden = torch.zeros(1, 16, 3)
+    hidden[0, covered, :2] = 0.25
+    with torch.no_grad():
+        assert float(center_loss(head, hidden, centers)) < 1e-12
+        assert float(center_loss(head, torch.zeros(1, 16, 3), centers)) == pytest.approx(0.0625)
+
+
+def test_place_probe_reads_places_only_where_the_patches_carry_them():
+    rng = random.Random(0)
+    scenes = [sample_scene(rng) for _ in range(200)]
+    placed = torch.eye(16).repeat(len(scenes), 1, 1)  # each patch says which patch it is: the centre is linear in it
+    r2 = place_probe(placed, scenes)
+    assert r2["place_r2_x"] > 0.9 and r2["place_r2_y"] > 0.9
+    blind = torch.randn(len(scenes), 16, 16, generator=torch.Generator().manual_seed(0))
+    r2 = place_probe(blind, scenes)
+    assert r2["place_r2_x"] < 0.3 and r2["place_r2_y"] < 0.3
+    assert place_probe(placed[:10], scenes[:10]) == {}  # fewer objects to fit on than unknowns
+
+
 @pytest.fixture(scope="module")
 def tiny_clip():
     tokenizer = train_tokenizer(build_corpus(100, 20, 0), 400)
@@ -121,20 +153,22 @@ def test_pretraining_runs_with_and_without_the_region_losses(tiny_clip, region_w
     torch.manual_seed(0)
     clip_cfg = ClipConfig(
         text_hidden=32, text_layers=1, text_heads=2, batch_size=8, region_weight=region_weight,
-        patch_weight=region_weight, summary_weight=region_weight, hard_negatives=region_weight == 0, optim=OptimConfig(steps=3, lr=1e-3, warmup=1),
+        patch_weight=region_weight, summary_weight=region_weight, center_weight=region_weight,
+        hard_negatives=region_weight == 0, optim=OptimConfig(steps=3, lr=1e-3, warmup=1),
     )  # fmt: skip
     clip = build_clip(cfg.vision_config, tokenizer, clip_cfg)
-    scenes = [sample_scene(random.Random(i)) for i in range(16)]
-    pixels = torch.randint(0, 255, (16, 3, 32, 32), dtype=torch.uint8)
+    scenes = [sample_scene(random.Random(i)) for i in range(60)]  # enough held-out objects for `place_probe`
+    pixels = torch.randint(0, 255, (60, 3, 32, 32), dtype=torch.uint8)
     before = clip.vision_model.embeddings.patch_embedding.weight.clone()
     history = pretrain_clip(
-        clip, tokenizer, pixels, scenes, clip_cfg, lambda x: x.float() / 255, holdout=(pixels[:8], scenes[:8]),
+        clip, tokenizer, pixels[:16], scenes[:16], clip_cfg, lambda x: x.float() / 255, holdout=(pixels, scenes),
         progress=False,
     )  # fmt: skip
     assert len(history.losses) == 3 and all(v > 0 for v in history.losses)
     assert not torch.equal(before, clip.vision_model.embeddings.patch_embedding.weight)
     assert {"region", "region_color", "region_shape", "region_size", "patch_l-2", "color"} <= set(history.evals)
     assert ({"summary_count", "summary_kind", "summary_pairs"} <= set(history.evals)) == bool(region_weight)
+    assert {"place_r2_x", "place_r2_y"} <= set(history.evals)  # every run says how well its patches tell places
     acc = region_accuracy(clip, tokenizer, pixels[:8].float() / 255, scenes[:8])
     assert all(0.0 <= v <= 1.0 for v in acc.values())
 

@@ -13,6 +13,7 @@ from llava.data.build import instruct_records, make_pictures
 from llava.data.instruct import DataFormatError, load_instruct, save_instruct
 from llava.data.sqa_world import make_problems
 from llava.data.world import NUMBER_WORDS, Scene, SceneContext, SceneObject, region_of, sample_scene, scene_context
+from llava.model.tiny import COLORS, SHAPES
 
 SCENES = [sample_scene(random.Random(100 + k)) for k in range(150)]
 
@@ -98,6 +99,15 @@ def test_description_names_every_object_with_size_colour_shape_and_place():
         for o in scene.objects:
             assert f"{o.size} {o.color} {o.shape}" in text
         assert text.startswith(f"The image shows {NUMBER_WORDS[len(scene.objects)]} shape")
+
+
+def test_description_goes_in_the_palettes_order():
+    rng = random.Random(3)
+    for scene in [sample_scene(rng, count_weights=(0, 0, 1, 1)) for _ in range(50)]:
+        text = teacher.describe(teacher.read_items(scene_context(scene)))
+        named = re.findall(rf"\b({'|'.join(COLORS)}) ({'|'.join(SHAPES)})\b", text)
+        assert len(named) == len(scene.objects)
+        assert named == sorted(named, key=lambda cs: (COLORS.index(cs[0]), SHAPES.index(cs[1])))
 
 
 def test_reasoning_answers():

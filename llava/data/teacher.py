@@ -240,7 +240,10 @@ def conversation(items: list[Item], rng: random.Random, turns: tuple[int, int] =
 
 
 def describe(items: list[Item]) -> str:
-    """Every object with size, colour, shape and position, left to right, then one observation."""
+    """Every object with size, colour, shape and position, then one observation. Objects come in the palette's
+    order of colours (`COLORS`), then of shapes, then left to right: which object is next is a question of which
+    colours are in the picture, which the model reads well, not of where the objects are, which it reads badly."""
+    items = sorted(items, key=lambda i: (COLORS.index(i.color), SHAPES.index(i.shape), i.center[0], i.center[1]))
     n = len(items)
     text = [f"The image shows {number_word(n)} {plural('shape', n)} on a light background."]
     for k, item in enumerate(items):

@@ -239,6 +239,10 @@ def conversation(items: list[Item], rng: random.Random, turns: tuple[int, int] =
 # --- detailed description -----------------------------------------------------------------------
 
 
+# Palette order against left to right, from the same stage 1 and data, 1500 packed chat steps each (200 pictures,
+# own/alt renderer): objects named 82.0/79.3 -> 94.7/93.0%, extra mentions 95/98 -> 26/32, every object of a
+# 4-object scene named 15/9 -> 62/55%, yes/no 92/96 -> 97/98, count 91.0/90.5 -> 93.5/91.5, count kind 95.0/90.5
+# -> 94.0/92.0, shape 98.9/100 -> 99.5/98.9, colour 96.4/94.8 -> 97.0/93.0, but where 50.3/56.9 -> 44.0/49.2
 def describe(items: list[Item]) -> str:
     """Every object with size, colour, shape and position, then one observation. Objects come in the palette's
     order of colours (`COLORS`), then of shapes, then left to right: which object is next is a question of which

@@ -74,7 +74,9 @@ class ClipConfig:
     # out that object's centre (x, y) through a linear head dropped after pre-training, so the image tokens LLaVA
     # reads say where their object is. 0 turns it off. Without it, a linear probe on layer -2 reads an object's
     # centre no better than its mean (R^2 about 0, `place_probe`), and the shipped chat model calls objects on the
-    # left "center" or "right"
+    # left "center" or "right". CLIP alone at 10 (seed 0, same data and held-out pictures as the shipped CLIP): R^2
+    # 0.99/0.99 against -0.08/-0.02, moved-object caption check 52 -> 68%, swap 91 -> 95, shape 98 -> 96%, the
+    # rest within a point (18.4 min on a slow day). Not yet tried in a full run, so off by default
     center_weight: float = 0.0
     optim: OptimConfig = None  # type: ignore[assignment]
 

@@ -122,6 +122,11 @@ def test_cli_errors_are_messages(tmp_path, capsys):
     assert eval_main(["sqa", "--problems-file", str(bad), "--predictions", str(bad)]) == 2
     assert "problem '7'" in capsys.readouterr().err
     assert eval_main(["sqa"]) == 2
+    missing = tmp_path / "nope" / "answers.jsonl"
+    assert eval_main(["sqa", "--model", "x", "--save-predictions", str(missing)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert eval_main(["chat", "--model", "x", "--json", str(missing)]) == 2
+    assert f"{missing}: its folder" in capsys.readouterr().err
 
 
 def test_cli_saves_world_answers_a_file_a_renderer(tmp_path, tiny_ckpt, capsys):

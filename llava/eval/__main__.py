@@ -152,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     try:
+        for out in (args.json, getattr(args, "save_predictions", None)):  # before minutes of answering, not after
+            if out is not None and not out.parent.is_dir():
+                raise LlavaError(f"{out}: its folder {out.parent} does not exist")
         results = {"chat": run_chat, "sqa": run_sqa, "look": run_look}[args.task](args)
     except LlavaError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -7,7 +7,6 @@ happened and what the user can do about it, instead of one generic "network erro
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,13 +16,13 @@ from pydantic import ValidationError
 
 from llava.conversation import conv_templates, template_for_model
 from serve.protocol import (
-    DELIMITER,
     ErrorCode,
     GenerateRequest,
     GetWorkerAddressResponse,
     ListModelsResponse,
     ModelDetails,
     iter_chunks,
+    iter_chunks_async,
 )
 
 log = logging.getLogger("demo.worker_client")
@@ -247,16 +246,3 @@ def _as_code(value: int) -> ErrorCode:
         return ErrorCode(value)
     except ValueError:
         return ErrorCode.INTERNAL
-
-
-async def iter_chunks_async(pieces: AsyncIterator[bytes]) -> AsyncIterator[dict]:
-    """`serve.protocol.iter_chunks` for an async byte stream: NUL-delimited JSON objects, in order."""
-    buffer = b""
-    async for piece in pieces:
-        buffer += piece
-        *complete, buffer = buffer.split(DELIMITER)
-        for raw in complete:
-            if raw.strip():
-                yield json.loads(raw)
-    if buffer.strip():
-        yield json.loads(buffer)

@@ -95,6 +95,12 @@ def error_response(code: ErrorCode, message: str) -> Response:
 _DONE = object()
 
 
+def usage_of(delta: Delta) -> Usage:
+    return Usage(
+        prompt_tokens=delta.prompt_tokens, completion_tokens=delta.output_tokens, finish_reason=delta.finish_reason
+    )
+
+
 class Mailbox:
     """A generation thread's output for the serving loop, handed over without waking the loop from the thread.
 
@@ -278,7 +284,7 @@ def create_app(worker: ModelWorker, heartbeat: Heartbeat | None = None) -> FastA
                         code = error_code_for(item)
                         yield encode_chunk(str(item) if code != ErrorCode.INTERNAL else "generation failed", code)
                     else:
-                        yield encode_chunk(req.prompt + item.text)
+                        yield encode_chunk(req.prompt + item.text, usage=usage_of(item))
                     item = await out.get()
             finally:
                 cancel.set()  # the client went away or we are done: either way the thread stops
@@ -300,9 +306,7 @@ def create_app(worker: ModelWorker, heartbeat: Heartbeat | None = None) -> FastA
                 item = await out.get()
         finally:
             cancel.set()
-        usage = Usage(
-            prompt_tokens=last.prompt_tokens, completion_tokens=last.output_tokens, finish_reason=last.finish_reason
-        )
+        usage = usage_of(last)
         return Response(
             GenerateResponse(text=req.prompt + last.text, usage=usage).model_dump_json(), media_type="application/json"
         )

@@ -2,13 +2,14 @@
 
 Compatible with the original LLaVA / FastChat serving protocol: a streamed reply is a sequence of JSON
 objects `{"text": ..., "error_code": 0}`, each followed by a NUL byte, where `text` is the prompt plus all
-text generated so far. This module is the only code the web UI shares with the serving processes.
+text generated so far. As in FastChat, a worker's chunks also carry `usage` (token counts so far, and the
+`finish_reason` on the last one); the original clients ignore it. This module is the only code the web UI shares with the serving processes.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from enum import IntEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -161,14 +162,30 @@ class WorkerHealth(_Model):
 # ---- framing ---------------------------------------------------------------------------------
 
 
-def encode_chunk(text: str, error_code: int = ErrorCode.OK) -> bytes:
-    return json.dumps({"text": text, "error_code": int(error_code)}).encode() + DELIMITER
+def encode_chunk(text: str, error_code: int = ErrorCode.OK, usage: Usage | None = None) -> bytes:
+    chunk: dict = {"text": text, "error_code": int(error_code)}
+    if usage is not None:
+        chunk["usage"] = usage.model_dump()
+    return json.dumps(chunk).encode() + DELIMITER
 
 
 def iter_chunks(byte_chunks: Iterator[bytes]) -> Iterator[dict]:
     """Decode a NUL-delimited stream of JSON objects from arbitrary byte pieces."""
     buffer = b""
     for piece in byte_chunks:
+        buffer += piece
+        *complete, buffer = buffer.split(DELIMITER)
+        for raw in complete:
+            if raw.strip():
+                yield json.loads(raw)
+    if buffer.strip():
+        yield json.loads(buffer)
+
+
+async def iter_chunks_async(pieces: AsyncIterator[bytes]) -> AsyncIterator[dict]:
+    """`iter_chunks` for an async byte stream: NUL-delimited JSON objects, in order."""
+    buffer = b""
+    async for piece in pieces:
         buffer += piece
         *complete, buffer = buffer.split(DELIMITER)
         for raw in complete:

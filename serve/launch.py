@@ -1,8 +1,8 @@
-"""Start the whole demo with one command: controller, one worker per checkpoint, and the web UI.
+"""Start the whole demo with one command: controller, one worker per checkpoint, the web UI and the OpenAI API.
 
 Each piece is its own process; this waits until every one is healthy, prints the URLs, and stops them
 all on Ctrl-C or SIGTERM (or when one of them dies).
-`python -m serve.launch [--model-path DIR ...] [--controller-port 21001] [--ui-port 7860]`
+`python -m serve.launch [--model-path DIR ...] [--controller-port 21001] [--ui-port 7860] [--openai-port 8000]`
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ class LaunchSettings:
     worker_port: int = 21002  # first worker; the next ones count up
     ui_port: int = 7860
     ui: bool = True
+    openai_port: int = 8000
+    openai_api: bool = True  # serve.openai_api: /v1/chat/completions for OpenAI clients
     device: str = "auto"
     dtype: str = "auto"
     heart_beat_interval: float = 15.0
@@ -100,6 +102,8 @@ class Launcher:
         ports = {"controller": s.controller_port, **{f"worker {i}": s.worker_port + i for i in range(len(paths))}}
         if s.ui:
             ports["web UI"] = s.ui_port
+        if s.openai_api:
+            ports["OpenAI API"] = s.openai_port
         for what, port in ports.items():
             if not port_free(s.host, port):
                 raise RuntimeError(f"port {port} for the {what} is in use (is another demo running?); pick another one")
@@ -142,6 +146,13 @@ class Launcher:
                 )
                 self.wait_until("the web UI", lambda: self.http.get(ui).status_code == 200, deadline)
                 urls["web UI"] = ui
+        if s.openai_api:
+            api = f"http://{s.host}:{s.openai_port}"
+            self.spawn("OpenAI API", [
+                "serve.openai_api", "--controller-address", controller, "--host", s.host, "--port", str(s.openai_port),
+            ])  # fmt: skip
+            self.wait_until("the OpenAI API", lambda: self.http.get(f"{api}/health").status_code == 200, deadline)
+            urls["OpenAI API"] = f"{api}/v1"
         for i, name in enumerate(names):
             urls[name] = f"http://{s.host}:{s.worker_port + i}"
         return urls
@@ -176,7 +187,9 @@ def parse_args(argv: list[str] | None = None) -> LaunchSettings:
     p.add_argument("--controller-port", type=int, default=21001)
     p.add_argument("--worker-port", type=int, default=21002, help="port of the first worker; the rest count up")
     p.add_argument("--ui-port", type=int, default=7860)
-    p.add_argument("--no-ui", action="store_true", help="start only the controller and the workers")
+    p.add_argument("--no-ui", action="store_true", help="do not start the web UI")
+    p.add_argument("--openai-port", type=int, default=8000, help="port of the OpenAI-compatible API")
+    p.add_argument("--no-openai-api", action="store_true", help="do not start the OpenAI-compatible API")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument(
         "--dtype", default="auto", choices=DTYPES, help="the workers' weights (auto: float32 on CPU, else bf16)"
@@ -191,6 +204,8 @@ def parse_args(argv: list[str] | None = None) -> LaunchSettings:
         a.worker_port,
         a.ui_port,
         not a.no_ui,
+        a.openai_port,
+        not a.no_openai_api,
         a.device,
         a.dtype,
         a.heart_beat_interval,

@@ -106,3 +106,13 @@ def start_worker(
 
 def registered_workers(controller: str) -> list[str]:
     return [w["worker_name"] for w in httpx.post(f"{controller}/list_workers").json()["workers"]]
+
+
+def start_openai_api(tmp: Path, controller: str, *extra: str) -> tuple[Proc, str]:
+    """serve.openai_api in front of `controller`; returns the process and its base URL (ending in /v1)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = Proc(["serve.openai_api", "--port", str(port), "--controller-address", controller, *extra],
+                tmp / f"openai-{port}.log")  # fmt: skip
+    wait_for(lambda: httpx.get(f"{url}/health").status_code == 200, 60, "OpenAI API health", [proc])
+    return proc, f"{url}/v1"

@@ -86,10 +86,15 @@ def test_stream_framing_and_prompt_prefix(cluster, image_b64):
     assert all(t.startswith(prompt) for t in texts)
     assert all(b.startswith(a) for a, b in zip(texts, texts[1:], strict=False))
     assert "###" not in texts[-1][len(prompt) :]
+    # as in FastChat, every chunk carries the token counts so far; the last one says why it ended
+    counts = [c["usage"]["completion_tokens"] for c in chunks]
+    assert counts == sorted(counts) and chunks[-1]["usage"]["finish_reason"] in ("stop", "length")
+    assert all(c["usage"]["finish_reason"] is None for c in chunks[:-1])
     # the one-shot endpoint gives the same greedy answer, with usage
     full = httpx.post(f"{address}/worker_generate", json=payload, timeout=60).json()
     assert full["text"] == texts[-1] and full["error_code"] == 0
     assert full["usage"]["completion_tokens"] >= 1 and full["usage"]["prompt_tokens"] > 16
+    assert full["usage"] == chunks[-1]["usage"]
 
 
 def test_original_client_style_request(cluster):
@@ -270,9 +275,10 @@ def test_cli_client_streams_an_answer(cluster, tmp_path, shapes_image):
 
 
 def test_launch_starts_everything_and_stops_on_sigterm(tiny_ckpt, tmp_path):
-    ports = [free_port() for _ in range(3)]
+    ports = [free_port() for _ in range(4)]
     cmd = [sys.executable, "-m", "serve.launch", "--model-path", str(tiny_ckpt), "--controller-port", str(ports[0]),
-           "--worker-port", str(ports[1]), "--ui-port", str(ports[2]), "--no-ui", "--dtype", "bfloat16"]  # fmt: skip
+           "--worker-port", str(ports[1]), "--ui-port", str(ports[2]), "--openai-port", str(ports[3]), "--no-ui",
+           "--dtype", "bfloat16"]  # fmt: skip
     log = tmp_path / "launch.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=ENV, cwd=ROOT)
@@ -281,9 +287,12 @@ def test_launch_starts_everything_and_stops_on_sigterm(tiny_ckpt, tmp_path):
             controller = f"http://127.0.0.1:{ports[0]}"
             assert httpx.post(f"{controller}/list_models").json()["models"] == [MODEL]
             assert "on cpu (torch.bfloat16)" in log.read_text()  # --dtype reaches the worker
+            api = f"http://127.0.0.1:{ports[3]}/v1"
+            assert "OpenAI API" in log.read_text() and api in log.read_text()
+            assert [m["id"] for m in httpx.get(f"{api}/models").json()["data"]] == [MODEL]
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=30) == 0
-            for port in ports[:2]:
+            for port in (ports[0], ports[1], ports[3]):
                 with pytest.raises(httpx.ConnectError):
                     httpx.get(f"http://127.0.0.1:{port}/health")
         finally:

@@ -99,14 +99,18 @@ class Launcher:
     def start(self) -> dict[str, str]:
         s = self.s
         paths = s.model_paths or default_model_paths()
-        ports = {"controller": s.controller_port, **{f"worker {i}": s.worker_port + i for i in range(len(paths))}}
+        # what -> (port, how to change it)
+        ports = {"controller": (s.controller_port, "--controller-port")}
+        ports |= {f"worker {i}": (s.worker_port + i, "--worker-port") for i in range(len(paths))}
         if s.ui:
-            ports["web UI"] = s.ui_port
+            ports["web UI"] = (s.ui_port, "--ui-port, or leave it out with --no-ui")
         if s.openai_api:
-            ports["OpenAI API"] = s.openai_port
-        for what, port in ports.items():
+            ports["OpenAI API"] = (s.openai_port, "--openai-port, or leave it out with --no-openai-api")
+        for what, (port, flag) in ports.items():
             if not port_free(s.host, port):
-                raise RuntimeError(f"port {port} for the {what} is in use (is another demo running?); pick another one")
+                raise RuntimeError(
+                    f"port {port} for the {what} is in use (is another demo running?); pick another with {flag}"
+                )
         deadline = time.monotonic() + s.startup_timeout
         controller = f"http://{s.host}:{s.controller_port}"
         self.spawn("controller", ["serve.controller", "--host", s.host, "--port", str(s.controller_port)])

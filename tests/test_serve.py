@@ -307,6 +307,7 @@ def test_launch_starts_everything_and_stops_on_sigterm(tiny_ckpt, tmp_path):
         s.listen()
         busy = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=60)
     assert busy.returncode == 1 and f"port {ports[0]}" in busy.stderr and "in use" in busy.stderr
+    assert "--controller-port" in busy.stderr  # says how to pick another
 
 
 def test_mailbox_passes_the_newest_text_and_never_skips_errors_or_the_end():

@@ -169,27 +169,27 @@ def encode_chunk(text: str, error_code: int = ErrorCode.OK, usage: Usage | None 
     return json.dumps(chunk).encode() + DELIMITER
 
 
+def _split(buffer: bytes, piece: bytes) -> tuple[list[dict], bytes]:
+    """The complete objects in `buffer + piece`, and the bytes left over after the last NUL."""
+    *complete, rest = (buffer + piece).split(DELIMITER)
+    return [json.loads(raw) for raw in complete if raw.strip()], rest
+
+
 def iter_chunks(byte_chunks: Iterator[bytes]) -> Iterator[dict]:
     """Decode a NUL-delimited stream of JSON objects from arbitrary byte pieces."""
     buffer = b""
     for piece in byte_chunks:
-        buffer += piece
-        *complete, buffer = buffer.split(DELIMITER)
-        for raw in complete:
-            if raw.strip():
-                yield json.loads(raw)
-    if buffer.strip():
-        yield json.loads(buffer)
+        chunks, buffer = _split(buffer, piece)
+        yield from chunks
+    yield from _split(buffer, DELIMITER)[0]  # a last object without its NUL
 
 
 async def iter_chunks_async(pieces: AsyncIterator[bytes]) -> AsyncIterator[dict]:
-    """`iter_chunks` for an async byte stream: NUL-delimited JSON objects, in order."""
+    """`iter_chunks` for an async byte stream."""
     buffer = b""
     async for piece in pieces:
-        buffer += piece
-        *complete, buffer = buffer.split(DELIMITER)
-        for raw in complete:
-            if raw.strip():
-                yield json.loads(raw)
-    if buffer.strip():
-        yield json.loads(buffer)
+        chunks, buffer = _split(buffer, piece)
+        for chunk in chunks:
+            yield chunk
+    for chunk in _split(buffer, DELIMITER)[0]:
+        yield chunk

@@ -77,7 +77,7 @@ class ClipConfig:
     # left "center" or "right". CLIP alone at 10 (seed 0, same data and held-out pictures as the shipped CLIP): R^2
     # 0.99/0.99 against -0.08/-0.02, moved-object caption check 52 -> 68%, swap 91 -> 95, shape 98 -> 96%, the
     # rest within a point (18.4 min on a slow day). Not yet tried in a full run, so off by default
-    center_weight: float = 0.0
+    center_weight: float = 10.0
     optim: OptimConfig = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:

@@ -220,3 +220,21 @@ def test_bf16_autocast_only_where_the_cpu_does_it_natively():
     assert OptimConfig(steps=1, lr=1.0).bf16 is fast_bf16()
     assert OptimConfig(steps=1, lr=1.0, bf16=True).bf16 is True
     assert OptimConfig(steps=1, lr=1.0, bf16=False).bf16 is False
+
+
+@pytest.mark.slow
+def test_a_fine_tune_keeps_its_report_when_the_run_stops_later(smoke, tmp_path):
+    # a run killed in the ScienceQA fine-tune (or its evaluation) used to leave the finished chat model without a
+    # report, so it could not be exported: the report is written beside each fine-tune as soon as it is saved
+    from llava.train.export import export
+    from llava.train.pipeline import REPORT_FILE, train_all
+
+    src, _, _ = smoke
+    cfg = PipelineConfig.smoke()
+    cfg.progress = False
+    train_all(cfg, tmp_path / "run", from_stage1=src / "stage1", only=("chat",))  # no write_outputs: "killed"
+    report = json.loads((tmp_path / "run" / "llava-shapes-chat" / REPORT_FILE).read_text())
+    assert set(report["histories"]) == {"clip", "lm", "stage1", "stage2-chat"} and "stage2-chat" in report["timings_s"]
+    export(tmp_path / "run", tmp_path / "stored", progress=False, only=("chat",))
+    assert (tmp_path / "stored" / "llava-shapes-chat" / "training_curves.png").is_file()
+    assert "stage2-chat" in (tmp_path / "stored" / "llava-shapes-chat" / "README.md").read_text()

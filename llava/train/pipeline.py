@@ -295,6 +295,7 @@ def finetune_chat(cfg: PipelineConfig, model, processor, report: Report, out: Pa
         report.data["chat_records"] = len(records)
         report.data["chat_turns"] = sum(len(r["conversations"]) // 2 for r in records)
         save_checkpoint(model, processor, out / CHAT_NAME)
+    save_report(out / CHAT_NAME, report)
 
 
 def finetune_sqa(cfg: PipelineConfig, model, processor, report: Report, out: Path) -> None:
@@ -328,6 +329,13 @@ def finetune_sqa(cfg: PipelineConfig, model, processor, report: Report, out: Pat
         report.data["sqa_problems"] = len(problems)
         report.data["sqa_lookups"] = cfg.sqa_lookups
         save_checkpoint(model, processor, out / SQA_NAME)
+    save_report(out / SQA_NAME, report)
+
+
+def save_report(folder: Path, report: Report) -> None:
+    """The report so far, written beside a fine-tune as soon as it is saved, so a run stopped later (in the
+    other fine-tune or the evaluation) can still be exported; the finished run writes it again, complete."""
+    (folder / REPORT_FILE).write_text(json.dumps(report.to_json(), indent=1))
 
 
 def evaluate_all(cfg: PipelineConfig, out: Path, report: Report, only: tuple[str, ...] = tuple(FINETUNES)) -> None:
@@ -361,7 +369,7 @@ def write_outputs(cfg: PipelineConfig, out: Path, report: Report, only: tuple[st
         folder = out / name
         stages = [report.histories[k] for k in ("clip", "lm", "stage1", stage)]
         plot_histories(stages, folder / "training_curves.png", f"{name}: training loss per stage")
-        (folder / REPORT_FILE).write_text(json.dumps(report.to_json(), indent=1))
+        save_report(folder, report)
         write_card(folder, name, report, smoke=cfg.sizes.image_size < 48)
 
 

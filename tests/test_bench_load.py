@@ -26,7 +26,7 @@ def test_bench_load_reports_every_level(tiny_ckpt, tmp_path):
                "--plot", str(png)]  # fmt: skip
         run = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=240)
         assert run.returncode == 0, run.stderr
-        missing = subprocess.run(cmd[:5] + ["nope"], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=60)
+        missing = subprocess.run(cmd[:6] + ["nope"], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=60)
     finally:
         for p in procs:
             p.stop()

@@ -83,6 +83,7 @@ class Upstream:
     def __init__(self, settings: ApiSettings) -> None:
         self.s = settings
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(settings.worker_timeout, connect=5.0))
+        self._details: dict[tuple[str, str], ModelDetails] = {}  # (worker address, model) -> its details
 
     async def _controller(self, path: str, payload: dict | None = None) -> dict:
         try:
@@ -102,15 +103,19 @@ class Upstream:
         """The worker the controller picks for `model`, with its details (template, whether it sees pictures)."""
         if refresh:  # a worker did not answer: drop dead ones before asking again
             await self._controller("/refresh_all_workers")
+            self._details.clear()
         data = await self._controller("/get_worker_address", {"model": model})
         address = GetWorkerAddressResponse.model_validate(data).address.rstrip("/")
         if not address:
             served = ", ".join(await self.models()) or "none"
             raise ApiError(404, f"the model {model!r} is not served here (served: {served})", code="model_not_found")
+        if (address, model) in self._details:  # asked once per worker, not once per request
+            return Route(address, self._details[address, model])
         try:
             r = await self.http.post(f"{address}/model_details", timeout=10.0)
             r.raise_for_status()
-            return Route(address, ModelDetails.model_validate(r.json()))
+            details = self._details[address, model] = ModelDetails.model_validate(r.json())
+            return Route(address, details)
         except httpx.TransportError as e:
             raise _Unreachable(address) from e
         except (httpx.HTTPStatusError, ValueError, ValidationError) as e:

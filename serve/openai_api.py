@@ -253,21 +253,21 @@ def create_app(settings: ApiSettings) -> FastAPI:
     async def start(req: ChatCompletionRequest) -> tuple[Route, Prompt, httpx.Response]:
         """Route, render and open the worker's stream; a worker that cannot be reached is retried once."""
         for attempt in range(2):
-            route = await upstream.route(req.model, refresh=attempt > 0)
-            prompt = prepare(req, route)
-            payload = {
-                "model": req.model,
-                "prompt": prompt.text,
-                "images": prompt.images,
-                "stop": prompt.stop,
-                "temperature": 1.0 if req.temperature is None else req.temperature,
-                "top_p": 1.0 if req.top_p is None else req.top_p,
-                "max_new_tokens": req.token_limit or settings.default_max_tokens,
-                "seed": req.seed,
-            }
             try:
+                route = await upstream.route(req.model, refresh=attempt > 0)
+                prompt = prepare(req, route)
+                payload = {
+                    "model": req.model,
+                    "prompt": prompt.text,
+                    "images": prompt.images,
+                    "stop": prompt.stop,
+                    "temperature": 1.0 if req.temperature is None else req.temperature,
+                    "top_p": 1.0 if req.top_p is None else req.top_p,
+                    "max_new_tokens": req.token_limit or settings.default_max_tokens,
+                    "seed": req.seed,
+                }
                 return route, prompt, await upstream.open_stream(route, payload)
-            except _Unreachable as e:
+            except _Unreachable as e:  # from /model_details or the stream: nothing was generated yet
                 log.warning("worker %s is unreachable; asking the controller again", e)
                 last = e
         raise ApiError(503, f"no worker for {req.model!r} is answering (last tried: {last})", "server_error")

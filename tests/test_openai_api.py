@@ -212,3 +212,29 @@ def test_render_chat_refuses_what_it_cannot_render(raw, says):
     with pytest.raises(ApiError) as caught:
         render_chat(_messages(*raw), "llava_v0")
     assert caught.value.status == 400 and says in str(caught.value)
+
+
+def test_a_dead_worker_is_dropped_and_the_request_goes_to_a_live_one(tiny_ckpt, tmp_path):
+    from tests.procs import free_port
+
+    procs = []
+    try:
+        controller, url = start_controller(tmp_path)
+        procs.append(controller)
+        dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+        status = {"model_names": [MODEL], "speed": 1, "queue_length": 0}
+        assert httpx.post(f"{url}/register_worker", json={"worker_name": dead, "worker_status": status}).json()
+        live, live_url = start_worker(tmp_path, url, tiny_ckpt)
+        procs.append(live)
+        # the live worker looks busy until its next heartbeat (15 s), so the controller names the dead one first
+        httpx.post(f"{url}/receive_heart_beat", json={"worker_name": live_url, "queue_length": 5})
+        proc, base = start_openai_api(tmp_path, url)
+        procs.append(proc)
+        client = openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=60)
+        reply = client.chat.completions.create(model=MODEL, max_tokens=4, messages=[{"role": "user", "content": "Hi"}])
+        assert reply.choices[0].finish_reason in ("stop", "length")
+        assert "is unreachable; asking the controller again" in proc.log()
+        assert dead not in [w["worker_name"] for w in httpx.post(f"{url}/list_workers").json()["workers"]]
+    finally:
+        for p in procs:
+            p.stop()

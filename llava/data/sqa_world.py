@@ -147,11 +147,14 @@ def extreme(items: list[Item], rng: random.Random) -> Problem | None:
 def present(items: list[Item], rng: random.Random) -> Problem:
     item = rng.choice(items)
     absent = [f"{c} {s}" for c in COLORS for s in SHAPES if not matching(items, color=c, shape=s)]
-    return _problem(
+    p = _problem(
         "Which of these shapes is in the picture?", _a(item.name), [_a(a) for a in rng.sample(absent, 2)], rng,
         subject="shapes", topic="shape", grade="grade2", skill="find objects", lecture=LECTURES["shapes"],
-        solution=f"Look at the picture. The other two are not there. There is {_a(item.name)}.",
     )  # fmt: skip
+    # each option named, then its verdict: the verdict reads the picture after the name has pointed at it
+    checks = [f"{c[0].upper()}{c[1:]} is {'' if k == p['answer'] else 'not '}there." for k, c in enumerate(p["choices"])]
+    p["solution"] = f"Look at the picture. {' '.join(checks)} So the shape in the picture is {_a(item.name)}."
+    return p
 
 
 PICTURE_MAKERS: tuple[Maker, ...] = (color_of_shape, shape_of_color, count_all, count_kind, largest, extreme, present)

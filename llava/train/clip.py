@@ -82,7 +82,7 @@ class ClipConfig:
     # 93.5/91.5 -> 92.0/93.0, count kind 94.0/92.0 -> 92.0/92.5, shape 99.5/98.9 -> 98.9/98.9. Its ScienceQA fine-tune
     # was not finished, so it is still off by default: the shipped checkpoints were made without it, and the
     # pipeline's defaults reproduce them. To switch on with both checkpoints retrained and shipped
-    center_weight: float = 0.0
+    center_weight: float = 10.0
     optim: OptimConfig = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 from llava.eval.questions import TARGET_KINDS
-from llava.train.card import missed_targets
+from llava.train.card import missed_targets, stage_table
 
 
 def chat_eval(**acc: float) -> dict:
@@ -79,3 +80,16 @@ def test_where_answers_by_band_show_which_way_a_model_errs():
         "| second renderer | right | 0 | 0 | 0 | 0 |",
     ]
     assert where_bands_table({"primary": {}}, "row") == ""
+
+
+def test_the_whole_pipeline_row_says_whether_its_minutes_include_the_evaluation():
+    optim = {"steps": 10, "lr": 1e-3}
+    stage = {"optim": optim, "batch_size": 4}
+    config = {"clip": stage, "lm_optim": optim, "lm_batch": 4, "stage1": stage, "stage2": stage, "sqa": stage}
+    timings = {"clip": 60.0, "lm": 120.0, "stage1": 30.0, "stage2-sqa": 600.0, "total": 810.0}
+    table = stage_table(SimpleNamespace(config=config, timings=timings), "stage2-sqa")
+    assert "| stage2-sqa | ScienceQA-format tuning" in table and "| 10.0 |" in table and "stage2-chat" not in table
+    assert table.endswith("| **whole pipeline** (this checkpoint alone, no evaluation) | | | | | 13.5 |")
+    timings |= {"stage2-chat": 900.0, "eval": 240.0, "total": 1950.0}
+    table = stage_table(SimpleNamespace(config=config, timings=timings), "stage2-chat")
+    assert table.endswith("| **whole pipeline** (both checkpoints, evaluation included) | | | | | 32.5 |")

@@ -132,9 +132,8 @@ def stage_table(report, final_stage: str) -> str:
                      f"| {name} | {what} | {trained} | {size} | {lr} | — |")  # fmt: skip
     if "total" in report.timings:
         made = "both checkpoints" if trained_both(report) else "this checkpoint alone"
-        lines.append(
-            f"| **whole pipeline** ({made}, evaluation included) | | | | | {report.timings['total'] / 60:.1f} |"
-        )
+        scored = "evaluation included" if "eval" in report.timings else "no evaluation"  # a run made with --no-eval
+        lines.append(f"| **whole pipeline** ({made}, {scored}) | | | | | {report.timings['total'] / 60:.1f} |")
     return "\n".join(lines)
 
 
@@ -196,6 +195,13 @@ def write_card(folder: Path, name: str, report, smoke: bool = False) -> Path:
         if summary
         else ""
     )
+    center = cfg["clip"].get("center_weight", 0)
+    if center:
+        summary_line += (
+            f" Every patch its object covers also reads out that object's centre (x, y), through a linear head dropped"
+            f" afterwards (weight {center}), so the image tokens say where their object is (place_r2: how well a"
+            " linear probe reads the centre from them)."
+        )
     clip_line = ", ".join(f"{k} {100 * v[-1][1]:.0f}%" for k, v in sorted(clip_checks.items())) or "not measured"
     evals = report.evals.get(name)
     if evals:

@@ -87,6 +87,19 @@ def test_answers_are_right_about_the_pictures(problems):
     assert checked > 30
 
 
+
+def test_which_shape_is_there_goes_through_every_option_before_choosing(problems):
+    """Each option is named before its verdict, and the verdicts are right about the picture."""
+    probs, scenes = problems
+    asked = [(pid, p) for pid, p in probs.items() if p["question"] == "Which of these shapes is in the picture?"]
+    assert len(asked) > 10
+    for pid, p in asked:
+        there = {f"{o.color} {o.shape}" for o in scenes[pid].objects}
+        checks = re.findall(r"(?:An?) (\w+ \w+) is (not )?there\.", p["solution"])
+        assert [name for name, _ in checks] == [c.split(" ", 1)[1] for c in p["choices"]], p["solution"]
+        assert [not no for _, no in checks] == [name in there for name, _ in checks], (p["solution"], there)
+        assert sum(not no for _, no in checks) == 1
+
 def test_every_solution_ends_by_naming_the_right_option(problems):
     """The letter is then a look-up of what was just said (llava.train.ground.option_targets)."""
     from llava.eval.sqa import explained_option

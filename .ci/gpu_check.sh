@@ -62,8 +62,13 @@ kill -TERM "$launch" 2>/dev/null
 wait "$launch" 2>/dev/null
 grep -h -i "loaded\|error\|Traceback" "$work/launch.txt" | head -20 | tee -a "$summary"
 
-# 2. Decoding speed through llava.generation alone, to set against the worker's log lines above.
+# 2. Decoding speed through llava.generation alone, to set against the worker's log lines above; the last line is
+# a new thread's first and second answer (on the H200 a new thread's first answer decoded ~12x slower). Then the
+# same with cuDNN's attention kernels off: if that first answer gets fast, per-shape cuDNN attention plans (kept
+# per thread) are the cause, and the worker can turn them off on CUDA.
 $PY -m llava.bench --device "$DEVICE" --runs 5 2>&1 | grep -v Warning | tee -a "$summary"
+$PY -m llava.bench --device "$DEVICE" --runs 3 --no-cudnn-attention 2>&1 | grep -v Warning | sed 's/^/no cuDNN attention: /' |
+    tee -a "$summary"
 
 # 3. Accuracy per dtype, all six scorings at once (one process each; the GPU has room).
 for dt in float32 bfloat16 float16; do

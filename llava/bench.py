@@ -2,10 +2,12 @@
 
     python -m llava.bench --model checkpoints/llava-shapes-chat [--device auto] [--dtype auto] [--runs 5]
     python -m llava.bench --model M --profile      # also where the time of one answer goes, op by op
+    python -m llava.bench --no-cudnn-attention     # with PyTorch's cuDNN attention kernels turned off (CUDA)
 
 Prints time to first token, decoding ms per token and tokens/s for one picture and one question, greedy, after
 a warm-up answer; and the same decoding step split into the model's forward alone and everything around it
-(sampling, detokenizing, stop strings).
+(sampling, detokenizing, stop strings). Then the decoding speed of the first and the second answer on a thread
+made for them: on CUDA a new thread's first answer decoded ~12x slower (why the worker keeps its threads).
 """
 
 from __future__ import annotations
@@ -53,6 +55,26 @@ def forward_ms(loaded, inputs: dict, steps: int) -> float:
     return (time.perf_counter() - start) * 1000 / steps
 
 
+def decode_ms_per_token(answer) -> float:
+    t = answer.timings
+    return (t["total_s"] - t["first_token_s"]) * 1000 / max(1, answer.output_tokens - 1)
+
+
+def on_a_new_thread(loaded, prompt: str, images: list, params) -> list[float]:
+    """Decoding ms per token of two answers in a row on a thread started for them (the process is warm)."""
+    import threading
+
+    from llava.generation import generate
+
+    got: list[float] = []
+    thread = threading.Thread(
+        target=lambda: got.extend(decode_ms_per_token(generate(loaded, prompt, images, params)) for _ in range(2))
+    )
+    thread.start()
+    thread.join()
+    return got
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m llava.bench", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="checkpoints/llava-shapes-chat")
@@ -64,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
     p.add_argument("--profile", action="store_true", help="print the ops that took the time of one answer")
+    p.add_argument("--no-cudnn-attention", action="store_true", help="turn off the cuDNN scaled-dot-product kernels")
     args = p.parse_args(argv)
 
     import torch
@@ -76,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.no_cudnn_attention:
+        torch.backends.cuda.enable_cudnn_sdp(False)
     try:
         loaded = load_pretrained(args.model, device=args.device, dtype=args.dtype)
         image = load_image(args.image)
@@ -93,10 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     ttft, per_token, tokens = [], [], 0
     for _ in range(args.runs):
         out = generate(loaded, prompt, [image], params)
-        t = out.timings
-        ttft.append(t["first_token_s"] * 1000)
+        ttft.append(out.timings["first_token_s"] * 1000)
         if out.output_tokens > 1:
-            per_token.append((t["total_s"] - t["first_token_s"]) * 1000 / (out.output_tokens - 1))
+            per_token.append(decode_ms_per_token(out))
         tokens = out.output_tokens
     inputs = prepare_inputs(loaded, prompt, [image])
     model_ms = forward_ms(loaded, inputs, max(tokens, 16))
@@ -109,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"decoding              {decode_ms:8.2f} ms/token  = {1000 / decode_ms:6.1f} tokens/s")
     print(f"  model forward alone {model_ms:8.2f} ms/token")
     print(f"  around it           {decode_ms - model_ms:8.2f} ms/token  (sampling, detokenizing, stop strings)")
+    on_thread = on_a_new_thread(loaded, prompt, [image], params)
+    print(f"a new thread: answer 1 {on_thread[0]:6.2f} ms/token, answer 2 {on_thread[1]:6.2f} ms/token")
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 

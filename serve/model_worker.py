@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -104,9 +105,12 @@ def usage_of(delta: Delta) -> Usage:
 class Mailbox:
     """A generation thread's output for the serving loop, handed over without waking the loop from the thread.
 
-    The loop looks every `interval` seconds instead. Waking it once per token (`call_soon_threadsafe`, or a
-    `threading.Event`) slowed decoding on CUDA from 3.3-5 to 54-60 ms a token on an H200 machine, while a
-    loop looking every 1 or 10 ms left it at 3.6 and 5.1; on CPU the two ways measured the same. Deltas are
+    The loop looks every `interval` seconds instead. This was chosen when waking the loop once per token
+    measured 54-60 ms a token on an H200 machine against 3.6-5.1 with the loop looking, but in that comparison
+    the waking variant ran each answer on a new thread and the looking one reused its thread, and a new thread
+    alone explains the gap (see `ModelWorker.pool`); through the real worker, looking every 5 or 50 ms, uvloop
+    or asyncio's loop and GIL switch intervals of 0.5 or 50 ms all gave the same 40-55 ms on new threads. So
+    looking is kept as harmless (on CPU both ways measured the same), not as proven faster. Deltas are
     cumulative, so when several wait only the newest is passed on; errors and the end are never skipped.
     """
 
@@ -136,6 +140,11 @@ class ModelWorker:
         self.running = 0
         self.waiting = 0
         self._slots: asyncio.Semaphore | None = None  # made on the serving loop
+        # Generations run on a fixed set of threads that live as long as the worker, never on a thread made for
+        # the request: on CUDA the first answer on a new thread decoded at 37-50 ms a token on an H200 machine
+        # and the next ones on the same thread at 3.2, as fast as the main thread (so every request paid the
+        # slow first answer). The admission slots keep the running generations to the number of threads.
+        self.pool = ThreadPoolExecutor(settings.limit_model_concurrency, thread_name_prefix="generate")
 
     @property
     def queue_length(self) -> int:
@@ -190,7 +199,7 @@ class ModelWorker:
         cancel: threading.Event,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
-        """Generate on a thread of its own, pushing Deltas (or the exception) to `out`; stops when cancelled."""
+        """Generate on one of `pool`'s threads, pushing Deltas (or the exception) to `out`; stops when cancelled."""
         last: Delta | None = None
         outcome = "ok"
         code = ErrorCode.OK
@@ -251,7 +260,7 @@ async def start_generation(request: Request, worker: ModelWorker):
     out = Mailbox()
     cancel = threading.Event()
     loop = asyncio.get_running_loop()
-    threading.Thread(target=worker.run, args=(req, images, out, cancel, loop), daemon=True).start()
+    worker.pool.submit(worker.run, req, images, out, cancel, loop)
     try:
         first = await out.get()
     except BaseException:
@@ -403,6 +412,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if heartbeat:
             heartbeat.stop()
+        worker.pool.shutdown(wait=False, cancel_futures=True)
 
 
 if __name__ == "__main__":

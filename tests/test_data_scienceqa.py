@@ -87,7 +87,6 @@ def test_answers_are_right_about_the_pictures(problems):
     assert checked > 30
 
 
-
 def test_which_shape_is_there_goes_through_every_option_before_choosing(problems):
     """Each option is named before its verdict, and the verdicts are right about the picture."""
     probs, scenes = problems
@@ -99,6 +98,7 @@ def test_which_shape_is_there_goes_through_every_option_before_choosing(problems
         assert [name for name, _ in checks] == [c.split(" ", 1)[1] for c in p["choices"]], p["solution"]
         assert [not no for _, no in checks] == [name in there for name, _ in checks], (p["solution"], there)
         assert sum(not no for _, no in checks) == 1
+
 
 def test_every_solution_ends_by_naming_the_right_option(problems):
     """The letter is then a look-up of what was just said (llava.train.ground.option_targets)."""

@@ -351,3 +351,43 @@ def test_launch_refuses_a_bad_dtype_before_starting_anything():
     light = "import sys, serve.launch; print('torch' in sys.modules)"  # the check needs no torch
     assert subprocess.run([sys.executable, "-c", light], capture_output=True, text=True, env=ENV, cwd=ROOT,
                           timeout=60).stdout.strip() == "False"  # fmt: skip
+
+
+def test_generations_run_on_a_fixed_set_of_threads_that_outlive_each_request(monkeypatch):
+    """On CUDA a thread's first answer decoded ~12x slower than its later ones: no request may get a new thread."""
+    from types import SimpleNamespace
+
+    from fastapi.testclient import TestClient
+
+    import serve.model_worker as mw
+    from llava.generation import Delta
+
+    seen: list[threading.Thread] = []
+    running = []
+    peak = []
+
+    def fake_stream(loaded, prompt, images, params):
+        seen.append(threading.current_thread())
+        running.append(1)
+        peak.append(len(running))
+        time.sleep(0.05)
+        running.pop()
+        yield Delta("ok", 3, 1, "stop", {"first_token_s": 0.0, "total_s": 0.05})
+
+    monkeypatch.setattr(mw, "stream_generate", fake_stream)
+    settings = mw.WorkerSettings(model_path="x/llava-fake", register=False, limit_model_concurrency=2)
+    worker = mw.ModelWorker(settings, SimpleNamespace(template="llava_v0", context_len=512))
+    payload = {"prompt": "hi", "temperature": 0, "max_new_tokens": 4}
+    with TestClient(mw.create_app(worker)) as client:
+        for _ in range(5):
+            assert client.post("/worker_generate", json=payload).json()["text"] == "hiok"
+        together = [threading.Thread(target=client.post, args=("/worker_generate",), kwargs={"json": payload})
+                    for _ in range(6)]  # fmt: skip
+        for t in together:
+            t.start()
+        for t in together:
+            t.join()
+    assert len(seen) == 11
+    assert len(set(seen)) <= 2 and all(t.name.startswith("generate") for t in seen)
+    assert max(peak) <= 2
+    worker.pool.shutdown()

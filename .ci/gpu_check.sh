@@ -62,10 +62,10 @@ kill -TERM "$launch" 2>/dev/null
 wait "$launch" 2>/dev/null
 grep -h -i "loaded\|error\|Traceback" "$work/launch.txt" | head -20 | tee -a "$summary"
 
-# 2. Decoding speed through llava.generation alone, to set against the worker's log lines above; the last line is
-# a new thread's first and second answer (on the H200 a new thread's first answer decoded ~12x slower). Then the
-# same with cuDNN's attention kernels off: if that first answer gets fast, per-shape cuDNN attention plans (kept
-# per thread) are the cause, and the worker can turn them off on CUDA.
+# 2. Decoding speed through llava.generation alone, to set against the worker's log lines above; the last two lines
+# are a new thread's first and second answer (on the H200 a new thread's first answer decoded ~12x slower on
+# average), with the median and slowest step: one slow step means a one-time cost, a slow median a per-step one.
+# Then the same with cuDNN's attention kernels off: if that first answer gets fast, cuDNN is the cause.
 $PY -m llava.bench --device "$DEVICE" --runs 5 2>&1 | grep -v Warning | tee -a "$summary"
 $PY -m llava.bench --device "$DEVICE" --runs 3 --no-cudnn-attention 2>&1 | grep -v Warning | sed 's/^/no cuDNN attention: /' |
     tee -a "$summary"

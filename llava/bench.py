@@ -7,7 +7,8 @@
 Prints time to first token, decoding ms per token and tokens/s for one picture and one question, greedy, after
 a warm-up answer; and the same decoding step split into the model's forward alone and everything around it
 (sampling, detokenizing, stop strings). Then the decoding speed of the first and the second answer on a thread
-made for them: on CUDA a new thread's first answer decoded ~12x slower (why the worker keeps its threads).
+made for them: on CUDA a new thread's first answer decoded ~12x slower (why the worker keeps its threads); the
+median and slowest step tell whether every step or one step paid.
 """
 
 from __future__ import annotations
@@ -60,16 +61,24 @@ def decode_ms_per_token(answer) -> float:
     return (t["total_s"] - t["first_token_s"]) * 1000 / max(1, answer.output_tokens - 1)
 
 
-def on_a_new_thread(loaded, prompt: str, images: list, params) -> list[float]:
-    """Decoding ms per token of two answers in a row on a thread started for them (the process is warm)."""
+def on_a_new_thread(loaded, prompt: str, images: list, params) -> list[tuple[float, float, float]]:
+    """Two answers in a row on a thread started for them (the process is warm): for each, decoding ms per token
+    and the median and the slowest gap between two streamed pieces, which tell a cost paid at every step from
+    one paid once."""
     import threading
 
-    from llava.generation import generate
+    from llava.generation import stream_generate
 
-    got: list[float] = []
-    thread = threading.Thread(
-        target=lambda: got.extend(decode_ms_per_token(generate(loaded, prompt, images, params)) for _ in range(2))
-    )
+    got: list[tuple[float, float, float]] = []
+
+    def answer() -> None:
+        stamps, last = [], None
+        for last in stream_generate(loaded, prompt, images, params):  # noqa: B007
+            stamps.append(time.perf_counter())
+        gaps = [(b - a) * 1000 for a, b in zip(stamps, stamps[1:-1], strict=False)] or [float("nan")]
+        got.append((decode_ms_per_token(last), statistics.median(gaps), max(gaps)))
+
+    thread = threading.Thread(target=lambda: [answer() for _ in range(2)])
     thread.start()
     thread.join()
     return got
@@ -133,8 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"decoding              {decode_ms:8.2f} ms/token  = {1000 / decode_ms:6.1f} tokens/s")
     print(f"  model forward alone {model_ms:8.2f} ms/token")
     print(f"  around it           {decode_ms - model_ms:8.2f} ms/token  (sampling, detokenizing, stop strings)")
-    on_thread = on_a_new_thread(loaded, prompt, [image], params)
-    print(f"a new thread: answer 1 {on_thread[0]:6.2f} ms/token, answer 2 {on_thread[1]:6.2f} ms/token")
+    for i, (per, median, slowest) in enumerate(on_a_new_thread(loaded, prompt, [image], params), 1):
+        print(
+            f"a new thread, answer {i}: {per:6.2f} ms/token; steps: median {median:6.2f} ms, slowest {slowest:7.2f} ms"
+        )
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import uvicorn  # noqa: E402
 from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.responses import Response, StreamingResponse  # noqa: E402
+from PIL import Image  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
 from llava.conversation import conv_templates, template_for_model  # noqa: E402
@@ -145,6 +147,29 @@ class ModelWorker:
         # and the next ones on the same thread at 3.2, as fast as the main thread (so every request paid the
         # slow first answer). The admission slots keep the running generations to the number of threads.
         self.pool = ThreadPoolExecutor(settings.limit_model_concurrency, thread_name_prefix="generate")
+
+    def warm_up(self, max_new_tokens: int = 32) -> float:
+        """One short answer about a blank picture on each of `pool`'s threads at once, so that no request is the
+        first answer on its thread (on CUDA that one decoded ~12x slower); the seconds it took."""
+        n = self.settings.limit_model_concurrency
+        takes_images = getattr(self.loaded.model.config, "vision_config", None) is not None
+        conv = conv_templates[self.template].copy()
+        conv.append_message(conv.roles[0], ("<image>\n" if takes_images else "") + "Describe the image.")
+        conv.append_message(conv.roles[1], None)
+        prompt = conv.get_prompt()
+        images = [Image.new("RGB", (64, 64), "white")] if takes_images else []
+        params = GenerationParams(temperature=0, max_new_tokens=max_new_tokens, stop=(conv.stop_str,))
+        together = threading.Barrier(n)
+
+        def answer() -> None:
+            together.wait(timeout=120)  # each answer holds its thread until all n have one: n threads, one each
+            for _ in stream_generate(self.loaded, prompt, images, params):
+                pass
+
+        start = time.perf_counter()
+        for done in [self.pool.submit(answer) for _ in range(n)]:
+            done.result()
+        return time.perf_counter() - start
 
     @property
     def queue_length(self) -> int:
@@ -337,7 +362,7 @@ def create_app(worker: ModelWorker, heartbeat: Heartbeat | None = None) -> FastA
     return app
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[WorkerSettings, str]:
+def parse_args(argv: list[str] | None = None) -> tuple[WorkerSettings, str, bool]:
     p = argparse.ArgumentParser(prog="python -m serve.model_worker", description=__doc__.splitlines()[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=21002)
@@ -355,6 +380,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[WorkerSettings, str]:
     p.add_argument("--allow-image-urls", action="store_true", help="let requests name http(s) image URLs")
     p.add_argument("--allow-image-paths", action="store_true", help="let requests name files on this machine")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--no-warm-up", action="store_true", help="on CUDA, skip the short answer each generation thread gives at start"
+    )
     a = p.parse_args(argv)
     settings = WorkerSettings(
         model_path=a.model_path,
@@ -373,11 +401,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[WorkerSettings, str]:
         allow_image_urls=a.allow_image_urls,
         allow_image_paths=a.allow_image_paths,
     )
-    return settings, a.log_level
+    return settings, a.log_level, not a.no_warm_up
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings, log_level = parse_args(argv)
+    settings, log_level, warm_up = parse_args(argv)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per heartbeat is noise
     if settings.conv_template and settings.conv_template not in conv_templates:
@@ -387,6 +415,9 @@ def main(argv: list[str] | None = None) -> None:
     except LlavaError as e:
         raise SystemExit(f"model_worker: {e}") from e
     worker = ModelWorker(settings, loaded)
+    if warm_up and str(loaded.model.device).startswith("cuda"):
+        seconds = worker.warm_up()
+        log.info("warmed up %d generation threads in %.1f s", settings.limit_model_concurrency, seconds)
     log.info(
         "serving %s (template %s, context %d) at %s",
         settings.model_name,

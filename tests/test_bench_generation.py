@@ -12,7 +12,9 @@ def test_bench_prints_latency_and_speed(tiny_ckpt, capsys):
     for label in ("time to first token", "decoding", "model forward alone", "around it"):
         assert re.search(rf"{label}\s+-?\d+\.\d+ ms", out), (label, out)
     for i in (1, 2):
-        assert re.search(rf"a new thread, answer {i}: +\d+\.\d+ ms/token; steps: median +(?:[\d.]+|nan) ms, slowest", out), out
+        assert re.search(
+            rf"a new thread, answer {i}: +\d+\.\d+ ms/token; steps: median +(?:[\d.]+|nan) ms, slowest", out
+        ), out
 
 
 def test_bench_refuses_a_missing_model_clearly(tmp_path, capsys):

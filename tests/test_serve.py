@@ -391,3 +391,33 @@ def test_generations_run_on_a_fixed_set_of_threads_that_outlive_each_request(mon
     assert len(set(seen)) <= 2 and all(t.name.startswith("generate") for t in seen)
     assert max(peak) <= 2
     worker.pool.shutdown()
+
+
+def test_warm_up_gives_each_generation_thread_one_answer_and_requests_reuse_those_threads(monkeypatch):
+    from types import SimpleNamespace
+
+    from fastapi.testclient import TestClient
+
+    import serve.model_worker as mw
+    from llava.generation import Delta
+
+    seen: list[tuple[threading.Thread, str, int]] = []
+
+    def fake_stream(loaded, prompt, images, params):
+        seen.append((threading.current_thread(), prompt, len(images)))
+        time.sleep(0.02)
+        yield Delta("ok", 3, 1, "stop", {"first_token_s": 0.0, "total_s": 0.02})
+
+    monkeypatch.setattr(mw, "stream_generate", fake_stream)
+    settings = mw.WorkerSettings(model_path="x/llava-fake", register=False, limit_model_concurrency=3)
+    model = SimpleNamespace(config=SimpleNamespace(vision_config=object()))
+    worker = mw.ModelWorker(settings, SimpleNamespace(model=model, template="llava_v0", context_len=512))
+    assert worker.warm_up() < 5
+    warmed = {t for t, _, _ in seen}
+    assert len(seen) == 3 and len(warmed) == 3  # one answer on each of the three threads
+    assert all(p.endswith("###Assistant:") and "<image>" in p and n == 1 for _, p, n in seen)
+    with TestClient(mw.create_app(worker)) as client:
+        for _ in range(4):
+            client.post("/worker_generate", json={"prompt": "hi", "temperature": 0, "max_new_tokens": 4})
+    assert {t for t, _, _ in seen[3:]} <= warmed
+    worker.pool.shutdown()

@@ -27,7 +27,7 @@ from pydantic import ValidationError  # noqa: E402
 
 from llava.conversation import conv_templates, template_for_model  # noqa: E402
 from llava.errors import ContextOverflowError, LlavaError  # noqa: E402
-from llava.generation import Delta, GenerationParams, stream_generate  # noqa: E402
+from llava.generation import Delta, GenerationParams, generate, stream_generate  # noqa: E402
 from llava.model import DTYPES  # noqa: E402
 from llava.model.loader import LoadedModel, load_pretrained, model_name_from_path  # noqa: E402
 from serve.heartbeat import Heartbeat  # noqa: E402
@@ -163,8 +163,7 @@ class ModelWorker:
 
         def answer() -> None:
             together.wait(timeout=120)  # each answer holds its thread until all n have one: n threads, one each
-            for _ in stream_generate(self.loaded, prompt, images, params):
-                pass
+            generate(self.loaded, prompt, images, params)
 
         start = time.perf_counter()
         for done in [self.pool.submit(answer) for _ in range(n)]:

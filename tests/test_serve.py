@@ -408,7 +408,11 @@ def test_warm_up_gives_each_generation_thread_one_answer_and_requests_reuse_thos
         time.sleep(0.02)
         yield Delta("ok", 3, 1, "stop", {"first_token_s": 0.0, "total_s": 0.02})
 
-    monkeypatch.setattr(mw, "stream_generate", fake_stream)
+    def fake_generate(loaded, prompt, images, params):
+        return list(fake_stream(loaded, prompt, images, params))[-1]
+
+    monkeypatch.setattr(mw, "stream_generate", fake_stream)  # requests
+    monkeypatch.setattr(mw, "generate", fake_generate)  # the warm-up's whole answers
     settings = mw.WorkerSettings(model_path="x/llava-fake", register=False, limit_model_concurrency=3)
     model = SimpleNamespace(config=SimpleNamespace(vision_config=object()))
     worker = mw.ModelWorker(settings, SimpleNamespace(model=model, template="llava_v0", context_len=512))

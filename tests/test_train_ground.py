@@ -32,9 +32,11 @@ from llava.train.ground import (
     TokenText,
     attention_logprobs,
     check_heads,
+    described_targets,
     example_targets,
     grounding_loss,
     grounding_targets,
+    object_words,
     option_targets,
     phrase_targets,
     word_ids,
@@ -250,6 +252,108 @@ def test_phrases_without_a_size_count_in_answers_only(parts):
     on_circle, on_triangle = (box_cover(_scene().objects[k].box, grid) > 0 for k in (2, 1))
     assert all(torch.all((t.weights > 0) == on_circle) for t in targets[:5])
     assert all(torch.all((t.weights > 0) == on_triangle) for t in targets[5:])
+
+
+DESCRIBED = (
+    "Here is a description of a picture. Two shapes on a light background: a small red circle at the bottom and a "
+    "large blue square at the top right."
+)
+
+
+def _described(parts, hint: str = DESCRIBED):
+    processor, model = parts
+    tok = processor.tokenizer
+    problem = {
+        "question": "What color is the square in the description?", "choices": ["red", "blue"], "answer": 1,
+        "hint": hint, "solution": "Read the description. The square is blue.",
+    }  # fmt: skip
+    return tok, encode_record(to_instruct("q", problem), tok, model.config.image_seq_length)
+
+
+def _looked_at(tok, example, target) -> str:
+    """The tokens a target weighs, joined."""
+    return "".join(tok.decode([example.input_ids[target.start + k]]) for k in target.weights.nonzero().flatten())
+
+
+def test_a_described_picture_is_looked_up_in_its_description(parts):
+    tok, example = _described(parts)
+    targets = described_targets(example, TokenText(tok), word_ids(tok))
+    context_end = tok.decode(example.input_ids).index("Options:")
+    said = [(tok.decode([example.input_ids[t.position]]).strip(), (t.layer, t.head), _looked_at(tok, example, t))
+            for t in targets]  # fmt: skip
+    red, blue = " a small red circle at the bottom", " a large blue square at the top right"
+    # the options' words, then the answer's: shape and colour words find their object's phrase, and the token
+    # after "square" (which says its colour next) looks there too; the question, before the description: nothing
+    assert said == [
+        ("red", COLOR_HEAD, red), ("blue", COLOR_HEAD, blue),
+        ("square", SHAPE_HEAD, blue), ("is", NEXT_HEAD, blue), ("blue", COLOR_HEAD, blue),
+    ]  # fmt: skip
+    for t in targets:
+        assert len(tok.decode(example.input_ids[: t.position])) > context_end
+        assert torch.isclose(t.weights.sum(), torch.tensor(1.0)) and t.position > t.start
+        on = t.weights[t.weights > 0]
+        assert torch.allclose(on, on[0])  # evenly over the phrase
+    # the answer's object phrase: article and colour at the object (its place words at it too, as in a picture)
+    record = to_instruct("q", {
+        "question": "Which object is highest?", "choices": ["the red circle", "the blue square"], "answer": 1,
+        "hint": DESCRIBED, "solution": "The blue square is at the top right. So the object highest is the blue square.",
+    })  # fmt: skip
+    example_with_phrase = encode_record(record, tok, parts[1].config.image_seq_length)
+    answer = [t for t in described_targets(example_with_phrase, TokenText(tok), word_ids(tok)) if t.head == 2]
+    words = [tok.decode([example_with_phrase.input_ids[t.position]]).strip() for t in answer]
+    assert words == ["The", "blue", "the", "blue"]
+    assert all(_looked_at(tok, example_with_phrase, t) == blue for t in answer)
+
+
+def test_described_counting_heads_no_description_and_off_unless_asked(parts):
+    tok, example = _described(parts)
+    counting = [t for t in described_targets(example, TokenText(tok), word_ids(tok), count=True) if t.head == 4]
+    square = next(t for t in counting if (t.layer, t.head) == COUNT_HEAD and "square" in tok.decode(
+        [example.input_ids[t.position]]))  # fmt: skip
+    assert square.start == 0 and square.weights[0] == pytest.approx(0.5)  # the first token and one square
+    assert _looked_at(tok, example, square).endswith(" a large blue square at the top right")
+    # nothing described: no targets, and grounding_targets asks described_targets for examples without a picture
+    tok, bare = _described(parts, hint="")
+    assert described_targets(bare, TokenText(tok), word_ids(tok)) == []
+    model = parts[1]
+    image_id, n_img = model.config.image_token_id, model.config.image_seq_length
+    [mine] = grounding_targets([example], {}, tok, image_id, n_img, described=True)
+    plain = lambda t: (t.position, t.layer, t.head, t.start, t.weights.tolist())  # noqa: E731
+    assert [plain(t) for t in described_targets(example, TokenText(tok), word_ids(tok))] == [
+        plain(t) for t in mine if (t.layer, t.head) in (SHAPE_HEAD, COLOR_HEAD, NEXT_HEAD, PHRASE_HEAD)
+    ]
+    [without] = grounding_targets([example], {}, tok, image_id, n_img)  # off unless asked: only option look-ups
+    assert {(t.layer, t.head) for t in without} <= {OPTION_HEAD, SPAN_HEAD, PICK_HEAD, MENTION_HEAD}
+
+
+def test_object_is_a_after_a_colour_looks_at_that_colours_objects(parts):
+    processor, model = parts
+    tok, n_img, image_id = processor.tokenizer, model.config.image_seq_length, model.config.image_token_id
+    linked = object_words(tok)
+    assert linked is not None
+    answer = "The blue object is a triangle. There is no green object."
+    example = encode_record(teacher.to_record("r", "x.png", [("Which shape is blue?", answer)]), tok, n_img)
+    words = word_ids(tok)
+    plain = example_targets(example, _scene(), words, image_id, n_img)
+    both = example_targets(example, _scene(), words, image_id, n_img, linked=linked)
+    added = [t for t in both if all((t.position, t.layer, t.head) != (u.position, u.layer, u.head) for u in plain)]
+    said = [tok.decode([example.input_ids[t.position]]).strip() for t in added]
+    assert said == ["object", "is", "a"] and {(t.layer, t.head) for t in added} == {NEXT_HEAD}
+    grid = int(n_img**0.5)
+    blue = sum(box_cover(_scene().objects[k].box, grid) for k in (1, 2)) > 0  # the blue triangle and circle
+    assert all(torch.equal(t.weights > 0, blue) for t in added)
+    # the same in a description: the blue square's phrase; and off unless asked
+    record = to_instruct("q", {
+        "question": "Which shape is blue?", "choices": ["circle", "square"], "answer": 1, "hint": DESCRIBED,
+        "solution": "Read the description. The blue object is a square.",
+    })  # fmt: skip
+    described = encode_record(record, tok, n_img)
+    on = described_targets(described, TokenText(tok), words, linked=linked)
+    off = {(t.position, t.layer, t.head) for t in described_targets(described, TokenText(tok), words)}
+    added = [t for t in on if (t.position, t.layer, t.head) not in off]
+    assert [tok.decode([described.input_ids[t.position]]).strip() for t in added] == ["object", "is", "a"]
+    assert all((t.layer, t.head) == NEXT_HEAD for t in added)
+    assert all(_looked_at(tok, described, t) == " a large blue square at the top right" for t in added)
 
 
 def _qcm(question: str, choices: list[str], answer: int, explanation: str, image: bool = False) -> dict:

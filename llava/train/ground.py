@@ -22,7 +22,12 @@ attention heads are taught where to look, each patch weighted by how much of it 
   triangle: all on the first token). Other heads than those the look-ups above use, so these keep their targets;
 - layer 1, head 2: in an object phrase of an answer ("a large red circle", "the red circle"), at the article,
   size and colour words (each predicts the next word of the phrase: which object a description names next, or
-  which one is "furthest to the right", is chosen here), the object the phrase names.
+  which one is "furthest to the right", is chosen here), the object the phrase names;
+- with `link=True`, layer 1, head 0 also at "object is a" after a colour word ("The blue object is a" ->
+  circle), the objects of that colour: the tokens that go on to name their shape;
+- with `described=True`, the same look-ups in a problem whose text context describes the picture instead
+  ("Context: ... a small red circle at the bottom and a large blue square at the top right."): each object's
+  phrase in the description stands in for its patches.
 
 The loss is the cross-entropy of each head's attention (the real causal softmax over the whole sequence,
 computed from the layer's input) against that distribution.
@@ -69,6 +74,10 @@ OPTION_HEAD, SPAN_HEAD = (0, 2), (0, 3)  # option tokens -> their letter / the o
 PHRASE_HEAD = (1, 2)  # article, size, colour of an object phrase -> that object
 MENTION_HEAD, PICK_HEAD = (1, 1), (2, 0)  # letter position -> the answer's mention / the option's last word
 ANY_WORDS = ("shapes", "objects")  # "How many shapes are there in the image?"
+TOLD_RE = re.compile(  # an object phrase of a description: "a small red circle at the bottom left"
+    rf"\b(?:a|an) ({'|'.join(SIZES)}) ({'|'.join(COLORS)}) ({'|'.join(SHAPES)})"
+    r"(?: (?:at|on|in) the [a-z]+(?: left| right)?)?"
+)
 ANSWER_RE = re.compile(r"The answer is ([A-Z])\.")
 MARKER_RE = re.compile(r"\(([A-Z])\) ")
 ARTICLE_RE = re.compile(r"^(?:a|an|the) ", re.IGNORECASE)
@@ -104,6 +113,35 @@ def word_ids(tokenizer) -> dict[int, tuple[str, str]]:
     return out
 
 
+LINK_WORDS = ("is", "a", "an")  # "The blue object is a" -> circle
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectWords:
+    """Token ids of " object" and of the words that may follow it before the shape is named (`object_words`)."""
+
+    noun: int
+    links: frozenset[int]
+
+    def after_color(self, ids: Sequence[int], pos: int) -> list[int]:
+        """The positions of "object is a" right after a colour word at `pos` ("The blue object is a" -> circle):
+        the tokens that go on to name the shape of the object of that colour."""
+        if pos + 1 >= len(ids) or ids[pos + 1] != self.noun:
+            return []
+        out = [pos + 1]
+        while out[-1] + 1 < len(ids) and ids[out[-1] + 1] in self.links and len(out) < 1 + len(LINK_WORDS):
+            out.append(out[-1] + 1)
+        return out
+
+
+def object_words(tokenizer) -> ObjectWords | None:
+    """The tokenizer's ids for `ObjectWords`; None when " object" is not one token."""
+    ids = {w: tokenizer(" " + w, add_special_tokens=False).input_ids for w in ("object", *LINK_WORDS)}
+    if len(ids["object"]) != 1:
+        return None
+    return ObjectWords(ids["object"][0], frozenset(v[0] for w, v in ids.items() if w != "object" and len(v) == 1))
+
+
 def example_targets(
     example: Example,
     scene: Scene,
@@ -112,12 +150,14 @@ def example_targets(
     n_image_tokens: int,
     absent: bool = False,
     count: bool = False,
+    linked: ObjectWords | None = None,
 ) -> list[Target]:
     """The supervised positions of one example: its shape and colour words after the picture whose
     objects are in the scene (a question about an absent shape has nothing to look at), and the tokens
     right after those shape words; with `absent`, after every shape word, at the first token where the
     phrase names nothing there; with `count`, the counting heads at every shape and colour word and at
-    "shapes" / "objects", and after every one of those nouns."""
+    "shapes" / "objects", and after every one of those nouns; with `linked`, "object is a" after a colour
+    word (NEXT_HEAD, the objects of that colour)."""
     ids = example.input_ids
     if image_token_id not in ids:
         return []
@@ -135,6 +175,8 @@ def example_targets(
             out.append(Target(pos, *(SHAPE_HEAD if kind == "shape" else COLOR_HEAD), start, _cover(objects, grid)))
         if count:
             out.append(Target(pos, *COUNT_HEAD, 0, _counted(objects, grid, start)))
+        if kind == "color" and linked is not None and objects:
+            out += [Target(k, *NEXT_HEAD, start, _cover(objects, grid)) for k in linked.after_color(ids, pos)]
         if kind == "color" or pos + 1 >= len(ids):
             continue
         before = words.get(ids[pos - 1])
@@ -187,21 +229,125 @@ def grounding_targets(
     n_image_tokens: int,
     absent: bool = False,
     count: bool = False,
+    link: bool = False,
+    described: bool = False,
 ) -> list[list[Target]]:
-    """Targets of every example, in order: its words' objects (examples with a picture; `absent`, `count`: see
+    """Targets of every example, in order: its words' objects (examples with a picture, and with `described`
+    those whose text context describes one: `described_targets`; `absent`, `count`, `link`: see
     `example_targets`) and its option look-ups (examples that answer "The answer is X.")."""
     words = word_ids(tokenizer)
     pieces = TokenText(tokenizer)
+    linked = object_words(tokenizer) if link else None
 
     def of(e: Example) -> list[Target]:
         targets = option_targets(e, pieces)
         if e.image is not None:
             scene = scenes[e.image]
-            targets += example_targets(e, scene, words, image_token_id, n_image_tokens, absent, count)
+            targets += example_targets(e, scene, words, image_token_id, n_image_tokens, absent, count, linked)
             targets += phrase_targets(e, scene, pieces, image_token_id, n_image_tokens)
+        elif described:
+            targets += described_targets(e, pieces, words, count, linked)
         return targets
 
     return [[moved(e, k, t) for k, m in enumerate(e.members) for t in of(m)] if e.members else of(e) for e in examples]
+
+
+@dataclass(frozen=True, slots=True)
+class _Told:
+    """An object a text context describes: what it is and the tokens of its phrase."""
+
+    color: str
+    shape: str
+    size: str
+    tokens: tuple[int, ...]
+
+
+def described_objects(example: Example, pieces: TokenText) -> tuple[list[_Told], int]:
+    """The objects the first `Context:` line describes ("... a small red circle at the bottom and a large green
+    square at the top right."), each with its phrase's tokens, place included; and the first token after that
+    line (0 and no objects when there is none)."""
+    text, starts = pieces(example.input_ids)
+    at = text.find("Context: ")
+    if at < 0:
+        return [], 0
+    line_end = min(i for i in (text.find("\n", at), text.find("#", at), len(text)) if i >= 0)
+    told = [
+        _Told(m.group(2), m.group(3), m.group(1), tuple(_tokens(starts, m.start(), m.end())))
+        for m in TOLD_RE.finditer(text, at, line_end)
+    ]
+    after = _tokens(starts, line_end, line_end + 1)
+    return told, (after[0] if after else len(example.input_ids))
+
+
+def _spread(groups: Sequence[Sequence[int]], start: int, end: int, first_token: bool = False) -> Target | None:
+    """Weights over positions start..end-1: each group of positions an equal share, spread evenly in it (with
+    `first_token`, position 0 one more share, as the counting heads' targets); start must be 0 then."""
+    weights = torch.zeros(end - start)
+    for group in groups:
+        weights[[k - start for k in group]] += 1 / len(group)
+    if first_token:
+        weights[0] += 1.0
+    return weights / weights.sum() if weights.sum() > 0 else None
+
+
+def described_targets(
+    example: Example,
+    pieces: TokenText,
+    words: dict[int, tuple[str, str]],
+    count: bool = False,
+    linked: ObjectWords | None = None,
+) -> list[Target]:
+    """The picture's look-ups, in a text that describes it instead: the description's object phrases stand in
+    for the objects' patches. After the `Context:` line, every shape and colour word looks at the phrases of
+    its objects (SHAPE_HEAD, COLOR_HEAD), the token after a shape word at those of the colour named before it
+    (NEXT_HEAD), and the answer's object phrases' article, size and colour at their object's phrase
+    (PHRASE_HEAD), its place words too (NEXT_HEAD); with `count` and `linked`, as over a picture."""
+    told, after = described_objects(example, pieces)
+    if not told:
+        return []
+    ids = example.input_ids
+    first, end = told[0].tokens[0], told[-1].tokens[-1] + 1
+
+    def look(position: int, layer_head: tuple[int, int], objects: Sequence[_Told]) -> Target | None:
+        weights = _spread([o.tokens for o in objects], first, end)
+        return None if weights is None else Target(position, *layer_head, first, weights)
+
+    def counted(position: int, layer_head: tuple[int, int], objects: Sequence[_Told]) -> Target:
+        return Target(position, *layer_head, 0, _spread([o.tokens for o in objects], 0, end, first_token=True))
+
+    out: list[Target | None] = []
+    for pos in range(after, len(ids)):
+        if ids[pos] not in words:
+            continue
+        kind, key = words[ids[pos]]
+        objects = [o for o in told if kind == "any" or (o.shape if kind == "shape" else o.color) == key]
+        if objects and kind != "any":
+            out.append(look(pos, SHAPE_HEAD if kind == "shape" else COLOR_HEAD, objects))
+        if count:
+            out.append(counted(pos, COUNT_HEAD, objects))
+        if kind == "color" and linked is not None and objects:
+            out += [look(k, NEXT_HEAD, objects) for k in linked.after_color(ids, pos)]
+        if kind == "color" or pos + 1 >= len(ids):
+            continue
+        before = words.get(ids[pos - 1])
+        color = before[1] if before is not None and before[0] == "color" else None
+        named = [o for o in objects if color in (None, o.color)]
+        if count:
+            out.append(counted(pos + 1, PAIR_COUNT_HEAD, named))
+        if kind != "any" and named:
+            out.append(look(pos + 1, NEXT_HEAD, named))
+    text, starts = pieces(ids)
+    for m in PHRASE_RE.finditer(text, starts[after] if after < len(ids) else len(text)):
+        size, color, shape = m.group(1, 2, 3)
+        objects = [o for o in told if (o.color, o.shape) == (color, shape) and size in (None, o.size)]
+        if not objects:
+            continue
+        said = _tokens(starts, m.start(), m.end(3))[:-1]
+        after_shape = _tokens(starts, m.start(3), m.end(3))[-1] + 1
+        place = [k for k in _tokens(starts, m.start(4), m.end(4))[:-1] if k > after_shape] if m.group(4) else []
+        out += [look(k, PHRASE_HEAD, objects) for k in said if example.labels[k] != IGNORE]
+        out += [look(k, NEXT_HEAD, objects) for k in place if example.labels[k] != IGNORE]
+    return [t for t in out if t is not None]
 
 
 def moved(packed: Example, member: int, target: Target) -> Target:

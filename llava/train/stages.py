@@ -36,6 +36,12 @@ class StageConfig:
     # two more heads look at the first token and each object named, equally, so the first token's share counts
     # them (llava.train.ground, `count`); see PipelineConfig.stage2 for what it did
     ground_count: bool = False
+    # after a colour word, "object is a" looks at the objects of that colour too ("The blue object is a" ->
+    # circle), as the token after a shape word does (llava.train.ground, `linked`)
+    ground_link: bool = False
+    # in a problem whose text context describes a picture instead of showing it, the look-ups find the objects'
+    # phrases in the description as they find patches (llava.train.ground, `described_targets`)
+    ground_described: bool = False
     # a picture's records in one row, sharing the system prompt and image tokens (llava.train.sequences.pack):
     # the same logits per token, about half the tokens with 4 records a picture
     pack: bool = False
@@ -52,6 +58,8 @@ def stage_targets(stage: StageConfig, examples: Sequence[Example], scenes, token
         config.image_seq_length,
         stage.ground_absent,
         stage.ground_count,
+        stage.ground_link,
+        stage.ground_described,
     )
 
 

@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -166,31 +166,44 @@ def example_targets(
     if grid * grid != n_image_tokens:
         raise ValueError(f"{n_image_tokens} image tokens are not a square grid")
     out = []
-    for pos in range(start + n_image_tokens, len(ids)):
+    for pos, layer_head, objects in word_looks(
+        ids, start + n_image_tokens, scene.objects, words, absent, count, linked
+    ):
+        if layer_head in (COUNT_HEAD, PAIR_COUNT_HEAD):
+            out.append(Target(pos, *layer_head, 0, _counted(objects, grid, start)))
+        elif objects:
+            out.append(Target(pos, *layer_head, start, _cover(objects, grid)))
+        else:  # nothing to find: the first token, so "found it or not" is one signal, not half a match
+            out.append(Target(pos, *layer_head, 0, torch.ones(1)))
+    return out
+
+
+def word_looks(ids: Sequence[int], begin: int, things: Sequence, words: dict[int, tuple[str, str]], absent: bool,
+               count: bool, linked: ObjectWords | None) -> Iterator[tuple[int, tuple[int, int], list]]:  # fmt: skip
+    """(position, (layer, head), the things it looks at) for every word look-up from `begin` on (`example_targets`
+    says which), over `things` that have a `.shape` and a `.color`: objects of a scene or of a description. The
+    counting heads' things are counted, the others' looked at; an empty list: at the first token instead."""
+    for pos in range(begin, len(ids)):
         if ids[pos] not in words:
             continue
         kind, key = words[ids[pos]]
-        objects = [o for o in scene.objects if kind == "any" or (o.shape if kind == "shape" else o.color) == key]
+        objects = [o for o in things if kind == "any" or (o.shape if kind == "shape" else o.color) == key]
         if objects and kind != "any":
-            out.append(Target(pos, *(SHAPE_HEAD if kind == "shape" else COLOR_HEAD), start, _cover(objects, grid)))
+            yield pos, SHAPE_HEAD if kind == "shape" else COLOR_HEAD, objects
         if count:
-            out.append(Target(pos, *COUNT_HEAD, 0, _counted(objects, grid, start)))
+            yield pos, COUNT_HEAD, objects
         if kind == "color" and linked is not None and objects:
-            out += [Target(k, *NEXT_HEAD, start, _cover(objects, grid)) for k in linked.after_color(ids, pos)]
+            yield from ((k, NEXT_HEAD, objects) for k in linked.after_color(ids, pos))
         if kind == "color" or pos + 1 >= len(ids):
             continue
         before = words.get(ids[pos - 1])
         color = before[1] if before is not None and before[0] == "color" else None
         named = [o for o in objects if color in (None, o.color)]
         if count:
-            out.append(Target(pos + 1, *PAIR_COUNT_HEAD, 0, _counted(named, grid, start)))
+            yield pos + 1, PAIR_COUNT_HEAD, named
         if kind == "any" or not (objects or absent):
             continue
-        if named or not absent:
-            out.append(Target(pos + 1, *NEXT_HEAD, start, _cover(named or objects, grid)))
-        else:  # nothing to find: the first token, so "found it or not" is one signal, not half a match
-            out.append(Target(pos + 1, *NEXT_HEAD, 0, torch.ones(1)))
-    return out
+        yield pos + 1, NEXT_HEAD, named if absent else named or objects
 
 
 # Targets share their weights (read-only): a picture's objects are looked up by many words, and building the
@@ -315,27 +328,12 @@ def described_targets(
     def counted(position: int, layer_head: tuple[int, int], objects: Sequence[_Told]) -> Target:
         return Target(position, *layer_head, 0, _spread([o.tokens for o in objects], 0, end, first_token=True))
 
-    out: list[Target | None] = []
-    for pos in range(after, len(ids)):
-        if ids[pos] not in words:
-            continue
-        kind, key = words[ids[pos]]
-        objects = [o for o in told if kind == "any" or (o.shape if kind == "shape" else o.color) == key]
-        if objects and kind != "any":
-            out.append(look(pos, SHAPE_HEAD if kind == "shape" else COLOR_HEAD, objects))
-        if count:
-            out.append(counted(pos, COUNT_HEAD, objects))
-        if kind == "color" and linked is not None and objects:
-            out += [look(k, NEXT_HEAD, objects) for k in linked.after_color(ids, pos)]
-        if kind == "color" or pos + 1 >= len(ids):
-            continue
-        before = words.get(ids[pos - 1])
-        color = before[1] if before is not None and before[0] == "color" else None
-        named = [o for o in objects if color in (None, o.color)]
-        if count:
-            out.append(counted(pos + 1, PAIR_COUNT_HEAD, named))
-        if kind != "any" and named:
-            out.append(look(pos + 1, NEXT_HEAD, named))
+    out: list[Target | None] = [
+        counted(pos, layer_head, objects)
+        if layer_head in (COUNT_HEAD, PAIR_COUNT_HEAD)
+        else look(pos, layer_head, objects)
+        for pos, layer_head, objects in word_looks(ids, after, told, words, False, count, linked)
+    ]
     text, starts = pieces(ids)
     for m in PHRASE_RE.finditer(text, starts[after] if after < len(ids) else len(text)):
         size, color, shape = m.group(1, 2, 3)

@@ -292,7 +292,7 @@ def described_objects(example: Example, pieces: TokenText) -> tuple[list[_Told],
     return told, (after[0] if after else len(example.input_ids))
 
 
-def _spread(groups: Sequence[Sequence[int]], start: int, end: int, first_token: bool = False) -> Target | None:
+def _spread(groups: Sequence[Sequence[int]], start: int, end: int, first_token: bool = False) -> torch.Tensor | None:
     """Weights over positions start..end-1: each group of positions an equal share, spread evenly in it (with
     `first_token`, position 0 one more share, as the counting heads' targets); start must be 0 then."""
     weights = torch.zeros(end - start)
@@ -334,17 +334,7 @@ def described_targets(
         else look(pos, layer_head, objects)
         for pos, layer_head, objects in word_looks(ids, after, told, words, False, count, linked)
     ]
-    text, starts = pieces(ids)
-    for m in PHRASE_RE.finditer(text, starts[after] if after < len(ids) else len(text)):
-        size, color, shape = m.group(1, 2, 3)
-        objects = [o for o in told if (o.color, o.shape) == (color, shape) and size in (None, o.size)]
-        if not objects:
-            continue
-        said = _tokens(starts, m.start(), m.end(3))[:-1]
-        after_shape = _tokens(starts, m.start(3), m.end(3))[-1] + 1
-        place = [k for k in _tokens(starts, m.start(4), m.end(4))[:-1] if k > after_shape] if m.group(4) else []
-        out += [look(k, PHRASE_HEAD, objects) for k in said if example.labels[k] != IGNORE]
-        out += [look(k, NEXT_HEAD, objects) for k in place if example.labels[k] != IGNORE]
+    out += [look(k, layer_head, objects) for k, layer_head, objects in phrase_looks(example, pieces, after, told)]
     return [t for t in out if t is not None]
 
 
@@ -370,23 +360,29 @@ def phrase_targets(
     top") whose object is in the scene: its article, size and colour tokens (PHRASE_HEAD) and its place words
     after the one right after the shape word (NEXT_HEAD, which `example_targets` covers) look at that object.
     Without a size, the phrase names every object of its colour and shape."""
-    text, starts = pieces(example.input_ids)
     image = example.input_ids.index(image_token_id)
     grid = int(round(n_image_tokens**0.5))
-    out = []
-    for m in PHRASE_RE.finditer(text, starts[image + n_image_tokens]):
+    looks = phrase_looks(example, pieces, image + n_image_tokens, scene.objects)
+    return [Target(k, *layer_head, image, _cover(objects, grid)) for k, layer_head, objects in looks]
+
+
+def phrase_looks(
+    example: Example, pieces: TokenText, begin: int, things: Sequence
+) -> Iterator[tuple[int, tuple[int, int], list]]:
+    """(position, (layer, head), the things it looks at) for `phrase_targets`, in the phrases from token `begin`
+    on, over `things` that have a `.color`, `.shape` and `.size`: objects of a scene or of a description."""
+    text, starts = pieces(example.input_ids)
+    for m in PHRASE_RE.finditer(text, starts[begin] if begin < len(example.input_ids) else len(text)):
         size, color, shape = m.group(1, 2, 3)
-        objects = [o for o in scene.objects if (o.color, o.shape) == (color, shape) and size in (None, o.size)]
+        objects = [o for o in things if (o.color, o.shape) == (color, shape) and size in (None, o.size)]
         if not objects:
             continue
-        cover = _cover(objects, grid)
         said = _tokens(starts, m.start(), m.end(3))[:-1]
         after_shape = _tokens(starts, m.start(3), m.end(3))[-1] + 1
         place = [k for k in _tokens(starts, m.start(4), m.end(4))[:-1] if k > after_shape] if m.group(4) else []
         # only the answer's phrases: which object a question names is not the model's choice
-        out += [Target(k, *PHRASE_HEAD, image, cover) for k in said if example.labels[k] != IGNORE]
-        out += [Target(k, *NEXT_HEAD, image, cover) for k in place if example.labels[k] != IGNORE]
-    return out
+        yield from ((k, PHRASE_HEAD, objects) for k in said if example.labels[k] != IGNORE)
+        yield from ((k, NEXT_HEAD, objects) for k in place if example.labels[k] != IGNORE)
 
 
 class TokenText:

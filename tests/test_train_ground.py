@@ -21,12 +21,14 @@ from llava.train.features import llava_logits, vision_features
 from llava.train.ground import (
     COLOR_HEAD,
     COUNT_HEAD,
+    EXTREME_HEAD,
     MENTION_HEAD,
     NEXT_HEAD,
     OPTION_HEAD,
     PAIR_COUNT_HEAD,
     PHRASE_HEAD,
     PICK_HEAD,
+    RECALL_HEAD,
     SHAPE_HEAD,
     SPAN_HEAD,
     TokenText,
@@ -34,6 +36,7 @@ from llava.train.ground import (
     check_heads,
     described_targets,
     example_targets,
+    extreme_targets,
     grounding_loss,
     grounding_targets,
     object_words,
@@ -354,6 +357,56 @@ def test_object_is_a_after_a_colour_looks_at_that_colours_objects(parts):
     assert [tok.decode([described.input_ids[t.position]]).strip() for t in added] == ["object", "is", "a"]
     assert all((t.layer, t.head) == NEXT_HEAD for t in added)
     assert all(_looked_at(tok, described, t) == " a large blue square at the top right" for t in added)
+
+
+def test_the_furthest_object_is_found_by_the_word_and_recalled_by_the_answer(parts):
+    processor, model = parts
+    tok, n_img, image_id = processor.tokenizer, model.config.image_seq_length, model.config.image_token_id
+    turns = [
+        ("Which object is furthest to the right?", "The blue circle is furthest to the right; it is at the top right."),
+        ("Which object is furthest to the left?", "The red triangle is at the top left. So the object furthest to "
+         "the left is the red triangle."),
+    ]  # fmt: skip
+    example = encode_record(teacher.to_record("r", "x.png", turns), tok, n_img)
+    targets = extreme_targets(example, _scene(), TokenText(tok), image_id, n_img)
+    said = lambda t: tok.decode([example.input_ids[t.position]]).strip()  # noqa: E731
+    found = [t for t in targets if (t.layer, t.head) == EXTREME_HEAD]
+    assert [said(t) for t in found] == ["right", "left"]
+    grid = int(n_img**0.5)
+    image = example.input_ids.index(image_id)
+    for t, k in zip(found, (2, 0), strict=True):  # the blue circle (top right), the red triangle (top left)
+        cover = box_cover(_scene().objects[k].box, grid)
+        assert t.start == image and torch.allclose(t.weights, cover / cover.sum())
+    recalls = [t for t in targets if (t.layer, t.head) == RECALL_HEAD]
+    assert all(len(t.weights) == 1 and t.weights.item() == 1.0 for t in recalls)
+    # each answer's choosing words and the token before its repeated word look back at its own question's word
+    assert [(said(t), t.start) for t in recalls] == [
+        ("The", found[0].position), ("blue", found[0].position), ("the", found[0].position),
+        ("The", found[1].position), ("red", found[1].position), ("the", found[1].position),
+        ("the", found[1].position), ("red", found[1].position),
+    ]  # fmt: skip
+    assert all(example.labels[t.position] != -100 for t in recalls)
+    # two objects nearly as far left: no clear answer, nothing supervised
+    close = Scene(objects=(
+        SceneObject("circle", "red", "small", (0.10, 0.1, 0.3, 0.3)),
+        SceneObject("square", "blue", "small", (0.15, 0.6, 0.35, 0.8)),
+    ))  # fmt: skip
+    left = encode_record(teacher.to_record("r", "x.png", turns[1:]), tok, n_img)
+    assert extreme_targets(left, close, TokenText(tok), image_id, n_img) == []
+    assert len(extreme_targets(left, _scene(), TokenText(tok), image_id, n_img)) == 6
+    # a word that is no single token has no query position that means it ("highest" here: h/i/g/he/st)
+    highest = encode_record(
+        teacher.to_record("r", "x.png", [("Which object is highest?", "The blue circle.")]), tok, n_img
+    )
+    assert len(tok(" highest", add_special_tokens=False).input_ids) > 1
+    assert extreme_targets(highest, _scene(), TokenText(tok), image_id, n_img) == []
+    # off unless asked
+    scenes = {"x.png": _scene()}
+    heads = lambda ts: {(t.layer, t.head) for t in ts}  # noqa: E731
+    [off] = grounding_targets([example], scenes, tok, image_id, n_img)
+    [on] = grounding_targets([example], scenes, tok, image_id, n_img, extreme=True)
+    assert not heads(off) & {EXTREME_HEAD, RECALL_HEAD} and heads(on) >= {EXTREME_HEAD, RECALL_HEAD}
+    assert len(on) == len(off) + len(targets)
 
 
 def _qcm(question: str, choices: list[str], answer: int, explanation: str, image: bool = False) -> dict:

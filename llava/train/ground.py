@@ -73,11 +73,17 @@ COUNT_HEAD, PAIR_COUNT_HEAD = (0, 4), (1, 4)  # shape / colour word, token after
 OPTION_HEAD, SPAN_HEAD = (0, 2), (0, 3)  # option tokens -> their letter / the option's words so far
 PHRASE_HEAD = (1, 2)  # article, size, colour of an object phrase -> that object
 MENTION_HEAD, PICK_HEAD = (1, 1), (2, 0)  # letter position -> the answer's mention / the option's last word
+EXTREME_HEAD = (0, 5)  # a question's "highest", "left", ... -> the object furthest that way
+RECALL_HEAD = (1, 3)  # the answer's words that choose that object or repeat the word -> the question's word
 ANY_WORDS = ("shapes", "objects")  # "How many shapes are there in the image?"
 TOLD_RE = re.compile(  # an object phrase of a description: "a small red circle at the bottom left"
     rf"\b(?:a|an) ({'|'.join(SIZES)}) ({'|'.join(COLORS)}) ({'|'.join(SHAPES)})"
     r"(?: (?:at|on|in) the [a-z]+(?: left| right)?)?"
 )
+EXTREME_RE = re.compile(  # "Which object is furthest to the left?", "Which object is highest in the image?"
+    r"Which object is (?:furthest to the )?(left|right|highest|lowest)(?: in the (?:image|picture))?\?"
+)
+EXTREMES = {"left": (0, False), "right": (0, True), "highest": (1, False), "lowest": (1, True)}  # axis, descending
 ANSWER_RE = re.compile(r"The answer is ([A-Z])\.")
 MARKER_RE = re.compile(r"\(([A-Z])\) ")
 ARTICLE_RE = re.compile(r"^(?:a|an|the) ", re.IGNORECASE)
@@ -244,10 +250,12 @@ def grounding_targets(
     count: bool = False,
     link: bool = False,
     described: bool = False,
+    extreme: bool = False,
 ) -> list[list[Target]]:
     """Targets of every example, in order: its words' objects (examples with a picture, and with `described`
     those whose text context describes one: `described_targets`; `absent`, `count`, `link`: see
-    `example_targets`) and its option look-ups (examples that answer "The answer is X.")."""
+    `example_targets`; `extreme`: `extreme_targets`) and its option look-ups (examples that answer "The answer
+    is X.")."""
     words = word_ids(tokenizer)
     pieces = TokenText(tokenizer)
     linked = object_words(tokenizer) if link else None
@@ -258,6 +266,8 @@ def grounding_targets(
             scene = scenes[e.image]
             targets += example_targets(e, scene, words, image_token_id, n_image_tokens, absent, count, linked)
             targets += phrase_targets(e, scene, pieces, image_token_id, n_image_tokens)
+            if extreme:
+                targets += extreme_targets(e, scene, pieces, image_token_id, n_image_tokens)
         elif described:
             targets += described_targets(e, pieces, words, count, linked)
         return targets
@@ -336,6 +346,49 @@ def described_targets(
     ]
     out += [look(k, layer_head, objects) for k, layer_head, objects in phrase_looks(example, pieces, after, told)]
     return [t for t in out if t is not None]
+
+
+def extreme_object(objects: Sequence, word: str, margin: float = 0.1):
+    """The object furthest `word` ("left", "right", "highest", "lowest") of those with a `.center`, or None when
+    the next one is within `margin` of it along that axis (which one is furthest is then no clear fact)."""
+    axis, descending = EXTREMES[word]
+    ranked = sorted(objects, key=lambda o: o.center[axis], reverse=descending)
+    if not ranked or (len(ranked) > 1 and abs(ranked[0].center[axis] - ranked[1].center[axis]) < margin):
+        return None
+    return ranked[0]
+
+
+def extreme_targets(
+    example: Example, scene: Scene, pieces: TokenText, image_token_id: int, n_image_tokens: int
+) -> list[Target]:
+    """Finding the object furthest one way, in two supervised hops. In "Which object is highest?" the direction
+    word looks at the highest object's patches (EXTREME_HEAD, layer 0: the word alone is the query, the patches'
+    place is in their keys). In the answer to it, up to the next question, the tokens that choose that object (the
+    article, size and colour of a phrase naming it: "The red circle is ...") and the token that predicts the
+    direction word again ("So the object" -> highest) look at the question's direction word (RECALL_HEAD, layer
+    1), which by then holds the object. Questions whose two furthest objects are within 0.1 are left alone."""
+    ids, labels = example.input_ids, example.labels
+    text, starts = pieces(ids)
+    image = ids.index(image_token_id)
+    grid = int(round(n_image_tokens**0.5))
+    out = []
+    for m in EXTREME_RE.finditer(text):
+        word = _tokens(starts, m.start(1), m.end(1))
+        best = extreme_object(scene.objects, m.group(1))
+        if best is None or len(word) != 1 or labels[word[0]] != IGNORE:
+            continue
+        asked = word[0]
+        out.append(Target(asked, *EXTREME_HEAD, image, _cover([best], grid)))
+        end = text.find("###Human", m.end())
+        end = len(text) if end < 0 else end
+        recall = set()
+        for p in PHRASE_RE.finditer(text, m.end(), end):
+            if (p.group(2), p.group(3)) == (best.color, best.shape) and p.group(1) in (None, best.size):
+                recall.update(_tokens(starts, p.start(), p.end(3))[:-1])
+        for w in re.finditer(rf"\b(?:object|is) (?:furthest to the )?({m.group(1)})\b", text[m.end() : end]):
+            recall.update(k - 1 for k in _tokens(starts, m.end() + w.start(1), m.end() + w.end(1))[:1])
+        out += [Target(k, *RECALL_HEAD, asked, torch.ones(1)) for k in sorted(recall) if labels[k] != IGNORE]
+    return out
 
 
 def moved(packed: Example, member: int, target: Target) -> Target:

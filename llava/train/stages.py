@@ -42,6 +42,9 @@ class StageConfig:
     # in a problem whose text context describes a picture instead of showing it, the look-ups find the objects'
     # phrases in the description as they find patches (llava.train.ground, `described_targets`)
     ground_described: bool = False
+    # "Which object is highest?": the word looks at that object, and the answer's words that name it look at the
+    # word (llava.train.ground, `extreme_targets`)
+    ground_extreme: bool = False
     # a picture's records in one row, sharing the system prompt and image tokens (llava.train.sequences.pack):
     # the same logits per token, about half the tokens with 4 records a picture
     pack: bool = False
@@ -60,6 +63,7 @@ def stage_targets(stage: StageConfig, examples: Sequence[Example], scenes, token
         stage.ground_count,
         stage.ground_link,
         stage.ground_described,
+        stage.ground_extreme,
     )
 
 

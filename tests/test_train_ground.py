@@ -31,6 +31,7 @@ from llava.train.ground import (
     RECALL_HEAD,
     SHAPE_HEAD,
     SPAN_HEAD,
+    Target,
     TokenText,
     attention_logprobs,
     check_heads,
@@ -404,9 +405,33 @@ def test_the_furthest_object_is_found_by_the_word_and_recalled_by_the_answer(par
     scenes = {"x.png": _scene()}
     heads = lambda ts: {(t.layer, t.head) for t in ts}  # noqa: E731
     [off] = grounding_targets([example], scenes, tok, image_id, n_img)
-    [on] = grounding_targets([example], scenes, tok, image_id, n_img, extreme=True)
+    [on] = grounding_targets([example], scenes, tok, image_id, n_img, extreme=4.0)
     assert not heads(off) & {EXTREME_HEAD, RECALL_HEAD} and heads(on) >= {EXTREME_HEAD, RECALL_HEAD}
     assert len(on) == len(off) + len(targets)
+    assert {(t.layer, t.head) for t in on if t.importance != 1.0} == {EXTREME_HEAD}
+    assert {t.importance for t in on if (t.layer, t.head) == EXTREME_HEAD} == {4.0}
+
+
+def test_a_targets_importance_counts_as_that_many_copies(parts):
+    processor, model = parts
+    tok, n_img, image_id = processor.tokenizer, model.config.image_seq_length, model.config.image_token_id
+    example = encode_record(teacher.to_record("r", "x.png", [("What color is the circle?", "It is blue.")]), tok, n_img)
+    targets = example_targets(example, _scene(), word_ids(tok), image_id, n_img)
+    assert len(targets) >= 2
+    a, rest = targets[0], targets[1:]
+    heavy = Target(a.position, a.layer, a.head, a.start, a.weights, importance=3.0)
+    mask = torch.ones(1, len(example.input_ids), dtype=torch.long)
+    inputs = [
+        torch.randn(
+            1, len(example.input_ids), model.config.text_config.hidden_size, generator=torch.Generator().manual_seed(k)
+        )
+        for k in range(4)
+    ]
+    with torch.no_grad():
+        weighted = grounding_loss(model, inputs, mask, [[heavy, *rest]])
+        copied = grounding_loss(model, inputs, mask, [[a, a, a, *rest]])
+        plain = grounding_loss(model, inputs, mask, [[a, *rest]])
+    assert torch.allclose(weighted, copied) and not torch.allclose(weighted, plain)
 
 
 def _qcm(question: str, choices: list[str], answer: int, explanation: str, image: bool = False) -> dict:

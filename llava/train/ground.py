@@ -100,6 +100,7 @@ class Target:
     head: int
     start: int  # first key position the target covers (the first image token, say)
     weights: torch.Tensor  # (n,) where the head should look over positions start..start+n-1, sums to 1
+    importance: float = 1.0  # its share of the loss against the others' 1 (rare look-ups can count for more)
 
 
 def word_ids(tokenizer) -> dict[int, tuple[str, str]]:
@@ -250,11 +251,11 @@ def grounding_targets(
     count: bool = False,
     link: bool = False,
     described: bool = False,
-    extreme: bool = False,
+    extreme: float = 0.0,
 ) -> list[list[Target]]:
     """Targets of every example, in order: its words' objects (examples with a picture, and with `described`
     those whose text context describes one: `described_targets`; `absent`, `count`, `link`: see
-    `example_targets`; `extreme`: `extreme_targets`) and its option look-ups (examples that answer "The answer
+    `example_targets`; `extreme` > 0: `extreme_targets`, that much `importance`) and its option look-ups (examples that answer "The answer
     is X.")."""
     words = word_ids(tokenizer)
     pieces = TokenText(tokenizer)
@@ -267,7 +268,7 @@ def grounding_targets(
             targets += example_targets(e, scene, words, image_token_id, n_image_tokens, absent, count, linked)
             targets += phrase_targets(e, scene, pieces, image_token_id, n_image_tokens)
             if extreme:
-                targets += extreme_targets(e, scene, pieces, image_token_id, n_image_tokens)
+                targets += extreme_targets(e, scene, pieces, image_token_id, n_image_tokens, extreme)
         elif described:
             targets += described_targets(e, pieces, words, count, linked)
         return targets
@@ -359,14 +360,20 @@ def extreme_object(objects: Sequence, word: str, margin: float = 0.1):
 
 
 def extreme_targets(
-    example: Example, scene: Scene, pieces: TokenText, image_token_id: int, n_image_tokens: int
+    example: Example,
+    scene: Scene,
+    pieces: TokenText,
+    image_token_id: int,
+    n_image_tokens: int,
+    importance: float = 1.0,
 ) -> list[Target]:
     """Finding the object furthest one way, in two supervised hops. In "Which object is highest?" the direction
     word looks at the highest object's patches (EXTREME_HEAD, layer 0: the word alone is the query, the patches'
     place is in their keys). In the answer to it, up to the next question, the tokens that choose that object (the
     article, size and colour of a phrase naming it: "The red circle is ...") and the token that predicts the
     direction word again ("So the object" -> highest) look at the question's direction word (RECALL_HEAD, layer
-    1), which by then holds the object. Questions whose two furthest objects are within 0.1 are left alone."""
+    1), which by then holds the object. Questions whose two furthest objects are within 0.1 are left alone. The
+    first look counts `importance` times as much as one of the others in the loss (such questions are rare)."""
     ids, labels = example.input_ids, example.labels
     text, starts = pieces(ids)
     image = ids.index(image_token_id)
@@ -378,7 +385,7 @@ def extreme_targets(
         if best is None or len(word) != 1 or labels[word[0]] != IGNORE:
             continue
         asked = word[0]
-        out.append(Target(asked, *EXTREME_HEAD, image, _cover([best], grid)))
+        out.append(Target(asked, *EXTREME_HEAD, image, _cover([best], grid), importance))
         end = text.find("###Human", m.end())
         end = len(text) if end < 0 else end
         recall = set()
@@ -403,6 +410,7 @@ def moved(packed: Example, member: int, target: Target) -> Target:
         target.head,
         packed.packed_index(member, target.start),
         target.weights,
+        target.importance,
     )
 
 
@@ -575,7 +583,8 @@ def grounding_loss(
     segments: torch.Tensor | None = None,
     position_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean cross-entropy of the supervised heads' attention against their targets; `targets[b]` are those of
+    """Mean cross-entropy of the supervised heads' attention against their targets (weighted by their
+    `importance`); `targets[b]` are those of
     batch row b, `layer_inputs[l]` (B, T, H) the input of decoder layer l. Zero when the batch has none. Packed
     rows need their `segments` and `position_ids` (`Batch`)."""
     flat = [(b, t) for b, row in enumerate(targets) for t in row]
@@ -584,7 +593,7 @@ def grounding_loss(
     needed = layers_needed(targets)
     if needed > len(layer_inputs):
         raise ValueError(f"targets reach layer {needed - 1}; only {len(layer_inputs)} layer inputs kept")
-    losses = []
+    losses, importance = [], []
     for layer in sorted({t.layer for _, t in flat}):
         here = [(b, t) for b, t in flat if t.layer == layer]
         device = layer_inputs[layer].device
@@ -598,7 +607,9 @@ def grounding_loss(
         for n, (_, t) in enumerate(here):
             want[n, t.start : t.start + len(t.weights)] = t.weights.to(device)
         losses.append(-(want * logp.masked_fill(want == 0, 0.0)).sum(-1))
-    return torch.cat(losses).mean()
+        importance.append(torch.tensor([t.importance for _, t in here], device=device))
+    share = torch.cat(importance)
+    return (torch.cat(losses) * share).sum() / share.sum()
 
 
 def check_heads(model: LlavaForConditionalGeneration, targets: Sequence[Sequence[Target]]) -> None:

@@ -43,8 +43,8 @@ class StageConfig:
     # phrases in the description as they find patches (llava.train.ground, `described_targets`)
     ground_described: bool = False
     # "Which object is highest?": the word looks at that object, and the answer's words that name it look at the
-    # word (llava.train.ground, `extreme_targets`)
-    ground_extreme: bool = False
+    # word (llava.train.ground, `extreme_targets`); > 0: on, the first look weighted that much in the loss
+    ground_extreme: float = 0.0
     # a picture's records in one row, sharing the system prompt and image tokens (llava.train.sequences.pack):
     # the same logits per token, about half the tokens with 4 records a picture
     pack: bool = False

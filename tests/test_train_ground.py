@@ -19,6 +19,7 @@ from llava.train.clip import box_cover
 from llava.train.corpus import lookup_record
 from llava.train.features import llava_logits, vision_features
 from llava.train.ground import (
+    CHOOSE_HEAD,
     COLOR_HEAD,
     COUNT_HEAD,
     EXTREME_HEAD,
@@ -387,6 +388,10 @@ def test_the_furthest_object_is_found_by_the_word_and_recalled_by_the_answer(par
         ("the", found[1].position), ("red", found[1].position),
     ]  # fmt: skip
     assert all(example.labels[t.position] != -100 for t in recalls)
+    # the choosing words (not the one before the repeated word) then look at the object itself
+    chosen = [(said(t), t.weights) for t in targets if (t.layer, t.head) == CHOOSE_HEAD]
+    assert [w for w, _ in chosen] == ["The", "blue", "The", "red", "the", "red"]
+    assert all(torch.equal(w, f.weights) for (_, w), f in zip(chosen, [found[0]] * 2 + [found[1]] * 4, strict=True))
     # two objects nearly as far left: no clear answer, nothing supervised
     close = Scene(objects=(
         SceneObject("circle", "red", "small", (0.10, 0.1, 0.3, 0.3)),
@@ -394,7 +399,7 @@ def test_the_furthest_object_is_found_by_the_word_and_recalled_by_the_answer(par
     ))  # fmt: skip
     left = encode_record(teacher.to_record("r", "x.png", turns[1:]), tok, n_img)
     assert extreme_targets(left, close, TokenText(tok), image_id, n_img) == []
-    assert len(extreme_targets(left, _scene(), TokenText(tok), image_id, n_img)) == 6
+    assert len(extreme_targets(left, _scene(), TokenText(tok), image_id, n_img)) == 10
     # a word that is no single token has no query position that means it ("highest" here: h/i/g/he/st)
     highest = encode_record(
         teacher.to_record("r", "x.png", [("Which object is highest?", "The blue circle.")]), tok, n_img
@@ -408,8 +413,8 @@ def test_the_furthest_object_is_found_by_the_word_and_recalled_by_the_answer(par
     [on] = grounding_targets([example], scenes, tok, image_id, n_img, extreme=4.0)
     assert not heads(off) & {EXTREME_HEAD, RECALL_HEAD} and heads(on) >= {EXTREME_HEAD, RECALL_HEAD}
     assert len(on) == len(off) + len(targets)
-    assert {(t.layer, t.head) for t in on if t.importance != 1.0} == {EXTREME_HEAD}
-    assert {t.importance for t in on if (t.layer, t.head) == EXTREME_HEAD} == {4.0}
+    assert {(t.layer, t.head) for t in on if t.importance != 1.0} == {EXTREME_HEAD, CHOOSE_HEAD}
+    assert {t.importance for t in on if (t.layer, t.head) in (EXTREME_HEAD, CHOOSE_HEAD)} == {4.0}
 
 
 def test_a_targets_importance_counts_as_that_many_copies(parts):

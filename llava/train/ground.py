@@ -75,6 +75,7 @@ PHRASE_HEAD = (1, 2)  # article, size, colour of an object phrase -> that object
 MENTION_HEAD, PICK_HEAD = (1, 1), (2, 0)  # letter position -> the answer's mention / the option's last word
 EXTREME_HEAD = (0, 5)  # a question's "highest", "left", ... -> the object furthest that way
 RECALL_HEAD = (1, 3)  # the answer's words that choose that object or repeat the word -> the question's word
+CHOOSE_HEAD = (2, 1)  # the answer's words that choose that object -> the object, now that they know the word
 ANY_WORDS = ("shapes", "objects")  # "How many shapes are there in the image?"
 TOLD_RE = re.compile(  # an object phrase of a description: "a small red circle at the bottom left"
     rf"\b(?:a|an) ({'|'.join(SIZES)}) ({'|'.join(COLORS)}) ({'|'.join(SHAPES)})"
@@ -367,13 +368,15 @@ def extreme_targets(
     n_image_tokens: int,
     importance: float = 1.0,
 ) -> list[Target]:
-    """Finding the object furthest one way, in two supervised hops. In "Which object is highest?" the direction
-    word looks at the highest object's patches (EXTREME_HEAD, layer 0: the word alone is the query, the patches'
-    place is in their keys). In the answer to it, up to the next question, the tokens that choose that object (the
-    article, size and colour of a phrase naming it: "The red circle is ...") and the token that predicts the
-    direction word again ("So the object" -> highest) look at the question's direction word (RECALL_HEAD, layer
-    1), which by then holds the object. Questions whose two furthest objects are within 0.1 are left alone. The
-    first look counts `importance` times as much as one of the others in the loss (such questions are rare)."""
+    """Finding the object furthest one way. In "Which object is highest?" the direction word looks at the highest
+    object's patches (EXTREME_HEAD, layer 0: the word alone is the query, the patches' place is in their keys). In
+    the answer to it, up to the next question, the tokens that choose that object (the article, size and colour of
+    a phrase naming it: "The red circle is ...") and the token that predicts the direction word again ("So the
+    object" -> highest) look at the question's direction word (RECALL_HEAD, layer 1); then the choosing tokens,
+    which now know the direction, look at the object itself (CHOOSE_HEAD, layer 2), whose patches say what it is,
+    as a shape word's next token reads its object's colour. Questions whose two furthest objects are within 0.1 are
+    left alone. The looks at the object count `importance` times as much as one of the others in the loss (such
+    questions are rare)."""
     ids, labels = example.input_ids, example.labels
     text, starts = pieces(ids)
     image = ids.index(image_token_id)
@@ -388,13 +391,15 @@ def extreme_targets(
         out.append(Target(asked, *EXTREME_HEAD, image, _cover([best], grid), importance))
         end = text.find("###Human", m.end())
         end = len(text) if end < 0 else end
-        recall = set()
+        choose, repeat = set(), set()
         for p in PHRASE_RE.finditer(text, m.end(), end):
             if (p.group(2), p.group(3)) == (best.color, best.shape) and p.group(1) in (None, best.size):
-                recall.update(_tokens(starts, p.start(), p.end(3))[:-1])
+                choose.update(k for k in _tokens(starts, p.start(), p.end(3))[:-1] if labels[k] != IGNORE)
         for w in re.finditer(rf"\b(?:object|is) (?:furthest to the )?({m.group(1)})\b", text[m.end() : end]):
-            recall.update(k - 1 for k in _tokens(starts, m.end() + w.start(1), m.end() + w.end(1))[:1])
-        out += [Target(k, *RECALL_HEAD, asked, torch.ones(1)) for k in sorted(recall) if labels[k] != IGNORE]
+            repeat.update(k - 1 for k in _tokens(starts, m.end() + w.start(1), m.end() + w.end(1))[:1])
+        recall = sorted(choose | {k for k in repeat if labels[k] != IGNORE})
+        out += [Target(k, *RECALL_HEAD, asked, torch.ones(1)) for k in recall]
+        out += [Target(k, *CHOOSE_HEAD, image, _cover([best], grid), importance) for k in sorted(choose)]
     return out
 
 

@@ -6,7 +6,7 @@ import json
 from types import SimpleNamespace
 
 from llava.eval.questions import TARGET_KINDS
-from llava.train.card import missed_targets, stage_table
+from llava.train.card import grounding_options, missed_targets, stage_table
 
 
 def chat_eval(**acc: float) -> dict:
@@ -93,3 +93,10 @@ def test_the_whole_pipeline_row_says_whether_its_minutes_include_the_evaluation(
     timings |= {"stage2-chat": 900.0, "eval": 240.0, "total": 1950.0}
     table = stage_table(SimpleNamespace(config=config, timings=timings), "stage2-chat")
     assert table.endswith("| **whole pipeline** (both checkpoints, evaluation included) | | | | | 32.5 |")
+
+
+def test_the_card_names_the_look_ups_a_stage_switched_on():
+    assert grounding_options({"ground_weight": 0.6, "ground_count": False}) == ""
+    line = grounding_options({"ground_link": True, "ground_extreme": 10.0, "ground_described": False})
+    assert line.startswith(" Also: ") and line.endswith(".") and line.count(";") == 1
+    assert "colour's objects" in line and "Which object is highest?" in line and "description" not in line

@@ -137,6 +137,22 @@ def stage_table(report, final_stage: str) -> str:
     return "\n".join(lines)
 
 
+GROUNDING_OPTIONS = (  # StageConfig flag -> what it adds, for the card
+    ("ground_count", "two more heads count the objects a word names by how much they look away from the first token"),
+    ("ground_absent", "the token after a phrase that names nothing in the picture looks at the first token"),
+    ("ground_link", '"object is a" after a colour word looks at that colour\'s objects'),
+    ("ground_described", "in a problem whose text describes a picture, the same look-ups find the objects' phrases"),
+    ("ground_extreme", '"Which object is highest?": the question\'s word looks at that object (layer 0), the answer\'s'
+     " words that choose it look back at the word (layer 1) and then at the object (layer 2)"),
+)  # fmt: skip
+
+
+def grounding_options(stage: dict) -> str:
+    """The card's sentence on the look-ups a stage's config (`StageConfig` as JSON) switched on; "" if none."""
+    extras = [text for key, text in GROUNDING_OPTIONS if stage.get(key)]
+    return " Also: " + "; ".join(extras) + "." if extras else ""
+
+
 def write_card(folder: Path, name: str, report, smoke: bool = False) -> Path:
     cfg, sizes = report.config, report.config["sizes"]
     is_chat = name.endswith("chat")
@@ -155,6 +171,8 @@ def write_card(folder: Path, name: str, report, smoke: bool = False) -> Path:
         if grounded
         else ""
     )
+    if grounded:
+        ground_line += grounding_options(cfg["stage2" if is_chat else "sqa"])
     if grounded and not is_chat:
         ground_line += (
             " For the letter, in layer 0 each option's tokens attend to its letter and to its words so far; where the"

@@ -27,7 +27,10 @@ attention heads are taught where to look, each patch weighted by how much of it 
   circle), the objects of that colour: the tokens that go on to name their shape;
 - with `described=True`, the same look-ups in a problem whose text context describes the picture instead
   ("Context: ... a small red circle at the bottom and a large blue square at the top right."): each object's
-  phrase in the description stands in for its patches.
+  phrase in the description stands in for its patches;
+- with `extreme` > 0, "Which object is highest?" in three hops (`extreme_targets`): layer 0, head 5 from the
+  question's direction word to the furthest object; layer 1, head 3 from the answer's words that choose the
+  object back to that word; layer 2, head 1 from the same words to the object.
 
 The loss is the cross-entropy of each head's attention (the real causal softmax over the whole sequence,
 computed from the layer's input) against that distribution.
@@ -57,6 +60,7 @@ import functools
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from transformers import LlavaForConditionalGeneration
@@ -256,8 +260,8 @@ def grounding_targets(
 ) -> list[list[Target]]:
     """Targets of every example, in order: its words' objects (examples with a picture, and with `described`
     those whose text context describes one: `described_targets`; `absent`, `count`, `link`: see
-    `example_targets`; `extreme` > 0: `extreme_targets`, that much `importance`) and its option look-ups (examples that answer "The answer
-    is X.")."""
+    `example_targets`; `extreme` > 0: `extreme_targets`, with that `importance`) and its option look-ups
+    (examples that answer "The answer is X.")."""
     words = word_ids(tokenizer)
     pieces = TokenText(tokenizer)
     linked = object_words(tokenizer) if link else None
@@ -350,7 +354,10 @@ def described_targets(
     return [t for t in out if t is not None]
 
 
-def extreme_object(objects: Sequence, word: str, margin: float = 0.1):
+Placed = TypeVar("Placed")  # anything with a `.center` (x, y)
+
+
+def extreme_object(objects: Sequence[Placed], word: str, margin: float = 0.1) -> Placed | None:
     """The object furthest `word` ("left", "right", "highest", "lowest") of those with a `.center`, or None when
     the next one is within `margin` of it along that axis (which one is furthest is then no clear fact)."""
     axis, descending = EXTREMES[word]
@@ -588,10 +595,9 @@ def grounding_loss(
     segments: torch.Tensor | None = None,
     position_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean cross-entropy of the supervised heads' attention against their targets (weighted by their
-    `importance`); `targets[b]` are those of
-    batch row b, `layer_inputs[l]` (B, T, H) the input of decoder layer l. Zero when the batch has none. Packed
-    rows need their `segments` and `position_ids` (`Batch`)."""
+    """Mean cross-entropy of the supervised heads' attention against their targets, weighted by their
+    `importance`; `targets[b]` are those of batch row b, `layer_inputs[l]` (B, T, H) the input of decoder layer l.
+    Zero when the batch has none. Packed rows need their `segments` and `position_ids` (`Batch`)."""
     flat = [(b, t) for b, row in enumerate(targets) for t in row]
     if not flat:
         return layer_inputs[0].new_zeros(())

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from llava.data.teacher import Item, matching, read_items, uniquely_named
-from llava.data.world import Scene, article, full_caption, number_word, sample_scene, scene_context
+from llava.data.world import Scene, article, full_caption, furthest, number_word, sample_scene, scene_context
 from llava.model.tiny import COLORS, SHAPES
 
 LECTURES = {
@@ -131,10 +131,9 @@ def extreme(items: list[Item], rng: random.Random) -> Problem | None:
     unique = uniquely_named(items)
     if len(unique) < 2:
         return None
-    axis, word = rng.choice([(0, "furthest to the left"), (0, "furthest to the right"), (1, "highest"), (1, "lowest")])
-    ranked = sorted(items, key=lambda i: i.center[axis], reverse=word in ("furthest to the right", "lowest"))
-    best = ranked[0]
-    if best not in unique or abs(best.center[axis] - ranked[1].center[axis]) < 0.1:
+    _, word = rng.choice([(0, "furthest to the left"), (0, "furthest to the right"), (1, "highest"), (1, "lowest")])
+    best = furthest(items, word.split()[-1])
+    if best is None or best not in unique:
         return None
     others = [f"the {i.name}" for i in unique if i is not best]
     return _problem(

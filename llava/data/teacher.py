@@ -16,6 +16,7 @@ from llava.data.world import (
     LARGE_THRESHOLD,
     SceneContext,
     article,
+    furthest,
     join_words,
     number_word,
     plural,
@@ -310,16 +311,12 @@ def reason_common(items: list[Item], rng: random.Random) -> QA | None:
 def reason_extreme(items: list[Item], rng: random.Random) -> QA | None:
     if len(items) < 2:
         return None
-    axis, word = rng.choice([(0, "furthest to the left"), (0, "furthest to the right"), (1, "highest"), (1, "lowest")])
-    reverse = word in ("furthest to the right", "lowest")
-    ranked = sorted(items, key=lambda i: i.center[axis], reverse=reverse)
-    if (
-        abs(ranked[0].center[axis] - ranked[1].center[axis]) < 0.1
-        or len(matching(items, color=ranked[0].color, shape=ranked[0].shape)) > 1
-    ):
+    _, word = rng.choice([(0, "furthest to the left"), (0, "furthest to the right"), (1, "highest"), (1, "lowest")])
+    best = furthest(items, word.split()[-1])
+    if best is None or len(matching(items, color=best.color, shape=best.shape)) > 1:
         return None
     q = f"Which object is {word}?" if word != "highest" else "Which object is highest in the image?"
-    return q, f"The {ranked[0].name} is {word}; it is {ranked[0].where}."
+    return q, f"The {best.name} is {word}; it is {best.where}."
 
 
 def reason_left_of(items: list[Item], rng: random.Random) -> QA | None:

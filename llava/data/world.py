@@ -11,10 +11,13 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from PIL import Image, ImageDraw
 
 from llava.model.tiny import COLORS, SHAPES, SIZES
+
+Placed = TypeVar("Placed")  # anything with a `.center` (x, y)
 
 Box = tuple[float, float, float, float]  # normalised x1, y1, x2, y2; y grows downwards
 
@@ -181,6 +184,20 @@ def join_words(items: list[str]) -> str:
     if len(items) <= 1:
         return "".join(items)
     return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+# "furthest to the left", "highest", ...: the word that says which way -> (axis, furthest = largest coordinate)
+DIRECTIONS = {"left": (0, False), "right": (0, True), "highest": (1, False), "lowest": (1, True)}
+
+
+def furthest(things: Sequence[Placed], direction: str, margin: float = 0.1) -> Placed | None:
+    """The one of `things` (each with a `.center` (x, y)) furthest in `direction` (a key of DIRECTIONS), or None
+    when the next one is within `margin` of it along that axis (which one is furthest is then no clear fact)."""
+    axis, descending = DIRECTIONS[direction]
+    ranked = sorted(things, key=lambda t: t.center[axis], reverse=descending)
+    if not ranked or (len(ranked) > 1 and abs(ranked[0].center[axis] - ranked[1].center[axis]) < margin):
+        return None
+    return ranked[0]
 
 
 def region_of(center: tuple[float, float]) -> str:

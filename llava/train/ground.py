@@ -60,13 +60,12 @@ import functools
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 import torch
 from transformers import LlavaForConditionalGeneration
 from transformers.models.llama.modeling_llama import rotate_half
 
-from llava.data.world import Scene
+from llava.data.world import Scene, furthest
 from llava.model.tiny import COLORS, SHAPES, SIZES
 from llava.train.clip import box_cover
 from llava.train.sequences import IGNORE, Example
@@ -88,7 +87,6 @@ TOLD_RE = re.compile(  # an object phrase of a description: "a small red circle 
 EXTREME_RE = re.compile(  # "Which object is furthest to the left?", "Which object is highest in the image?"
     r"Which object is (?:furthest to the )?(left|right|highest|lowest)(?: in the (?:image|picture))?\?"
 )
-EXTREMES = {"left": (0, False), "right": (0, True), "highest": (1, False), "lowest": (1, True)}  # axis, descending
 ANSWER_RE = re.compile(r"The answer is ([A-Z])\.")
 MARKER_RE = re.compile(r"\(([A-Z])\) ")
 ARTICLE_RE = re.compile(r"^(?:a|an|the) ", re.IGNORECASE)
@@ -354,19 +352,6 @@ def described_targets(
     return [t for t in out if t is not None]
 
 
-Placed = TypeVar("Placed")  # anything with a `.center` (x, y)
-
-
-def extreme_object(objects: Sequence[Placed], word: str, margin: float = 0.1) -> Placed | None:
-    """The object furthest `word` ("left", "right", "highest", "lowest") of those with a `.center`, or None when
-    the next one is within `margin` of it along that axis (which one is furthest is then no clear fact)."""
-    axis, descending = EXTREMES[word]
-    ranked = sorted(objects, key=lambda o: o.center[axis], reverse=descending)
-    if not ranked or (len(ranked) > 1 and abs(ranked[0].center[axis] - ranked[1].center[axis]) < margin):
-        return None
-    return ranked[0]
-
-
 def extreme_targets(
     example: Example,
     scene: Scene,
@@ -391,7 +376,7 @@ def extreme_targets(
     out = []
     for m in EXTREME_RE.finditer(text):
         word = _tokens(starts, m.start(1), m.end(1))
-        best = extreme_object(scene.objects, m.group(1))
+        best = furthest(scene.objects, m.group(1))
         if best is None or len(word) != 1 or labels[word[0]] != IGNORE:
             continue
         asked = word[0]

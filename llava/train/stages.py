@@ -42,8 +42,9 @@ class StageConfig:
     # in a problem whose text context describes a picture instead of showing it, the look-ups find the objects'
     # phrases in the description as they find patches (llava.train.ground, `described_targets`)
     ground_described: bool = False
-    # "Which object is highest?": the word looks at that object, and the answer's words that name it look at the
-    # word (llava.train.ground, `extreme_targets`); > 0: on, the first look weighted that much in the loss
+    # "Which object is highest?": the word looks at that object, and the answer's words that choose it look at the
+    # word, then at the object (llava.train.ground, `extreme_targets`); > 0: on, the two looks at the object
+    # weighted that much in the loss
     ground_extreme: float = 0.0
     # a picture's records in one row, sharing the system prompt and image tokens (llava.train.sequences.pack):
     # the same logits per token, about half the tokens with 4 records a picture
@@ -51,7 +52,7 @@ class StageConfig:
 
 
 def stage_targets(stage: StageConfig, examples: Sequence[Example], scenes, tokenizer, config) -> list[list[Target]]:
-    """The grounding targets of `examples` with the stage's options (`ground_absent`, `ground_count`), for the
+    """The grounding targets of `examples` with the stage's `ground_*` options, for the
     LLaVA configuration `config`; `scenes` maps each picture's name to its scene."""
     return grounding_targets(
         examples,

@@ -12,7 +12,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from llava.data.teacher import Item, matching, read_items, uniquely_named
-from llava.data.world import Scene, article, full_caption, furthest, number_word, sample_scene, scene_context
+from llava.data.world import (
+    EXTREME_WORDS,
+    Scene,
+    article,
+    full_caption,
+    furthest,
+    number_word,
+    sample_scene,
+    scene_context,
+)
 from llava.model.tiny import COLORS, SHAPES
 
 LECTURES = {
@@ -131,7 +140,7 @@ def extreme(items: list[Item], rng: random.Random) -> Problem | None:
     unique = uniquely_named(items)
     if len(unique) < 2:
         return None
-    _, word = rng.choice([(0, "furthest to the left"), (0, "furthest to the right"), (1, "highest"), (1, "lowest")])
+    word = rng.choice(EXTREME_WORDS)
     best = furthest(items, word.split()[-1])
     if best is None or best not in unique:
         return None

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from llava.data.world import (
+    EXTREME_WORDS,
     LARGE_THRESHOLD,
     SceneContext,
     article,
@@ -311,7 +312,7 @@ def reason_common(items: list[Item], rng: random.Random) -> QA | None:
 def reason_extreme(items: list[Item], rng: random.Random) -> QA | None:
     if len(items) < 2:
         return None
-    _, word = rng.choice([(0, "furthest to the left"), (0, "furthest to the right"), (1, "highest"), (1, "lowest")])
+    word = rng.choice(EXTREME_WORDS)
     best = furthest(items, word.split()[-1])
     if best is None or len(matching(items, color=best.color, shape=best.shape)) > 1:
         return None

@@ -188,6 +188,7 @@ def join_words(items: list[str]) -> str:
 
 # "furthest to the left", "highest", ...: the word that says which way -> (axis, furthest = largest coordinate)
 DIRECTIONS = {"left": (0, False), "right": (0, True), "highest": (1, False), "lowest": (1, True)}
+EXTREME_WORDS = ("furthest to the left", "furthest to the right", "highest", "lowest")  # as questions ask
 
 
 def furthest(things: Sequence[Placed], direction: str, margin: float = 0.1) -> Placed | None:

@@ -119,7 +119,7 @@ class PipelineConfig:
             # learn their looks (layer 0: furthest object 98%; layer 2 at the answer's first word 65%, the layer-1
             # phrase head's without it 37-42%), but the answer does not follow them. Without the layer-2 look:
             # weight 1, the layer-0 look right 70%, 84.3/82.7; weight 10 with the other two flags, 86.7/85.7.
-            # These weights are shipped: they beat the ones before on both draws, by little on the second
+            # These weights are shipped: they beat the ones before on both draws, by little on the second.
             # Tried after (stage 1 remade at 6efa7e2, seed 0; 600 problems, seed 999, own renderer, float32): the
             # direction word said right before the choice ("The object highest is the blue circle. The blue circle is
             # at the top."), the answer's word looking at the object too and the choosing words recalling it: 83.5

@@ -71,6 +71,26 @@ def problems_one(n: int) -> dict:
     return make_problems(random.Random(1), n, "train")[0]
 
 
+def test_maker_weights_shift_the_kinds_of_question():
+    def shares(weights):
+        probs, _ = make_problems(random.Random(2), 3000, "train", per_scene=3, maker_weights=weights)
+        kinds = Counter((context_modality(p)[0], p["topic"]) for p in probs.values())
+        return {k: n / len(probs) for k, n in kinds.items()}
+
+    plain, heavy = shares(None), shares({"extreme": 4.0})
+    for modality in ("IMG", "TXT"):  # picture and text-context extremes both grow
+        assert heavy[modality, "position"] > 1.5 * plain[modality, "position"], (modality, plain, heavy)
+    assert heavy["IMG", "counting"] < plain["IMG", "counting"]
+    # weights of 1 draw the kinds as no weights do (from another stream of choices); an empty mapping is no weights
+    ones = shares({"extreme": 1.0})
+    assert all(abs(ones.get(k, 0) - share) < 0.02 for k, share in plain.items()), (plain, ones)
+    assert make_problems(random.Random(2), 50, "train", maker_weights={}) == make_problems(
+        random.Random(2), 50, "train"
+    )
+    with pytest.raises(ValueError, match="extremes"):
+        make_problems(random.Random(2), 10, "train", maker_weights={"extremes": 2.0})
+
+
 def test_answers_are_right_about_the_pictures(problems):
     probs, scenes = problems
     checked = 0

@@ -6,7 +6,7 @@ import json
 from types import SimpleNamespace
 
 from llava.eval.questions import TARGET_KINDS
-from llava.train.card import grounding_options, missed_targets, stage_table
+from llava.train.card import grounding_options, missed_targets, question_weights, stage_table
 
 
 def chat_eval(**acc: float) -> dict:
@@ -100,3 +100,9 @@ def test_the_card_names_the_look_ups_a_stage_switched_on():
     line = grounding_options({"ground_link": True, "ground_extreme": 10.0, "ground_described": False})
     assert line.startswith(" Also: ") and line.endswith(".") and line.count(";") == 1
     assert "colour's objects" in line and "Which object is highest?" in line and "description" not in line
+
+
+def test_the_card_says_which_kinds_of_question_were_asked_more():
+    assert question_weights(None) == question_weights({}) == question_weights({"extreme": 1.0}) == ""
+    line = question_weights({"extreme": 4.0, "count_kind": 0.5})
+    assert line == "; extreme questions 4x as often, count kind questions 0.5x as often"

@@ -8,7 +8,7 @@ and shapes. Subjects, grades and topics are our world's stand-ins for ScienceQA'
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from llava.data.teacher import Item, matching, read_items, uniquely_named
@@ -175,12 +175,22 @@ PICTURE_MAKERS: tuple[Maker, ...] = (color_of_shape, shape_of_color, count_all, 
 # --- text-context and no-context problems ---------------------------------------------------------
 
 
-def described(scene: Scene, rng: random.Random) -> Problem:
+TEXT_MAKERS: tuple[Maker, ...] = (color_of_shape, shape_of_color, count_all, largest, extreme)
+
+
+def pick_maker(makers: Sequence[Maker], rng: random.Random, weights: Mapping[str, float] | None = None) -> Maker:
+    """One of `makers`, each weighed by `weights[its name]` (missing: 1); without weights, `rng.choice` (so
+    the problems drawn without weights stay as they were)."""
+    if not weights:
+        return rng.choice(makers)
+    return rng.choices(makers, [weights.get(m.__name__, 1.0) for m in makers])[0]
+
+
+def described(scene: Scene, rng: random.Random, maker_weights: Mapping[str, float] | None = None) -> Problem:
     """The scene is told in the hint, not shown; the question is answered by reading."""
     items = read_items(scene_context(scene))
     for _ in range(20):
-        maker = rng.choice((color_of_shape, shape_of_color, count_all, largest, extreme))
-        p = maker(items, rng)
+        p = pick_maker(TEXT_MAKERS, rng, maker_weights)(items, rng)
         if p:
             break
     else:
@@ -241,10 +251,14 @@ def make_problems(
     fact_share: float = 0.1,
     count_weights: Sequence[float] | None = None,
     per_scene: int = 1,
+    maker_weights: Mapping[str, float] | None = None,
 ) -> tuple[dict[str, Problem], dict[str, Scene]]:
     """`n` problems keyed by id, and the scene behind every picture problem (to render its image.png); scenes of
     k + 1 objects are weighed by `count_weights[k]` (default: uniform). A picture's scene is asked up to
-    `per_scene` different questions, each its own problem (consecutive ids, the same `Scene` object)."""
+    `per_scene` different questions, each its own problem (consecutive ids, the same `Scene` object). The kinds
+    of question are weighed by `maker_weights` (a maker's name, as "extreme", to its weight; default: uniform)."""
+    if maker_weights and (unknown := set(maker_weights) - {m.__name__ for m in PICTURE_MAKERS}):
+        raise ValueError(f"maker_weights names no question maker: {sorted(unknown)}")
     if per_scene < 1:
         raise ValueError(f"per_scene must be at least 1, got {per_scene}")
     problems: dict[str, Problem] = {}
@@ -257,10 +271,10 @@ def make_problems(
         if roll < fact_share:
             made = [fact(rng)]
         elif roll < fact_share + text_share:
-            made = [described(sample_scene(rng, count_weights=count_weights), rng)]
+            made = [described(sample_scene(rng, count_weights=count_weights), rng, maker_weights)]
         else:
             scene = sample_scene(rng, count_weights=count_weights)
-            made = picture_problems(scene, rng, min(per_scene, start + n - k))
+            made = picture_problems(scene, rng, min(per_scene, start + n - k), maker_weights)
         for p in made:
             pid = f"shapes-{split}-{k:06d}"
             if p.get("image"):
@@ -271,14 +285,16 @@ def make_problems(
     return problems, scenes
 
 
-def picture_problems(scene: Scene, rng: random.Random, count: int = 1) -> list[Problem]:
+def picture_problems(
+    scene: Scene, rng: random.Random, count: int = 1, maker_weights: Mapping[str, float] | None = None
+) -> list[Problem]:
     """Up to `count` problems about one picture, no question twice (one always)."""
     items = read_items(scene_context(scene))
     made: list[Problem] = []
     for _ in range(1 if count == 1 else 30):
         p = None
         while p is None:
-            p = rng.choice(PICTURE_MAKERS)(items, rng)
+            p = pick_maker(PICTURE_MAKERS, rng, maker_weights)(items, rng)
         if all(p["question"] != q["question"] for q in made):
             p["image"] = "image.png"
             made.append(p)

@@ -151,7 +151,7 @@ FINETUNES = {"chat": CHAT_NAME, "sqa": SQA_NAME}
 # the settings of the stages after stage 1: a run resumed from stage 1 takes them from its own configuration
 FINETUNE_SETTINGS = (
     *("chat_pictures", "chat_count_weights", "chat_per_picture", "stage2"),
-    *("sqa_problems", "sqa_count_weights", "sqa_per_picture", "sqa_lookups", "sqa"),
+    *("sqa_problems", "sqa_count_weights", "sqa_maker_weights", "sqa_per_picture", "sqa_lookups", "sqa"),
     *("eval_pictures", "eval_problems", "eval_max_new_tokens", "seed"),
 )
 
@@ -305,7 +305,12 @@ def finetune_sqa(cfg: PipelineConfig, model, processor, report: Report, out: Pat
     with report.timed("stage2-sqa"):
         rng = stage_rng(cfg.seed, "sqa")
         problems, scenes = make_problems(
-            rng, cfg.sqa_problems, "train", count_weights=cfg.sqa_count_weights, per_scene=cfg.sqa_per_picture
+            rng,
+            cfg.sqa_problems,
+            "train",
+            count_weights=cfg.sqa_count_weights,
+            per_scene=cfg.sqa_per_picture,
+            maker_weights=cfg.sqa_maker_weights,
         )
         # problems about one scene share one drawing, named after the first of them
         drawn: dict[int, str] = {}

@@ -89,6 +89,8 @@ def test_maker_weights_shift_the_kinds_of_question():
     )
     with pytest.raises(ValueError, match="extremes"):
         make_problems(random.Random(2), 10, "train", maker_weights={"extremes": 2.0})
+    with pytest.raises(ValueError, match="positive"):
+        make_problems(random.Random(2), 10, "train", maker_weights={"extreme": 1.0, "largest": 0.0})
 
 
 def test_answers_are_right_about_the_pictures(problems):

@@ -259,6 +259,8 @@ def make_problems(
     of question are weighed by `maker_weights` (a maker's name, as "extreme", to its weight; default: uniform)."""
     if maker_weights and (unknown := set(maker_weights) - {m.__name__ for m in PICTURE_MAKERS}):
         raise ValueError(f"maker_weights names no question maker: {sorted(unknown)}")
+    if maker_weights and min(maker_weights.values()) <= 0:  # a picture some makers cannot ask about needs the others
+        raise ValueError(f"maker_weights must be positive, got {maker_weights}")
     if per_scene < 1:
         raise ValueError(f"per_scene must be at least 1, got {per_scene}")
     problems: dict[str, Problem] = {}

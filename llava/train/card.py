@@ -154,7 +154,7 @@ def grounding_options(stage: dict) -> str:
 
 
 def question_weights(weights: dict[str, float] | None) -> str:
-    """'; extreme questions 4x as often' for {"extreme": 4.0} (the kinds of question a maker name each)."""
+    """'; extreme questions 4x as often' for {"extreme": 4.0}: each kind of question goes by its maker's name."""
     kinds = [f"{k.replace('_', ' ')} questions {w:g}x as often" for k, w in (weights or {}).items() if w != 1]
     return "; " + ", ".join(kinds) if kinds else ""
 

@@ -86,7 +86,7 @@ class PipelineConfig:
     # weights of the kinds of question in the ScienceQA data, by maker (llava.data.sqa_world); None: uniform, as
     # the held-out problems are drawn. The extreme questions ("Which object is highest?") 4 times as often (7.8 ->
     # ~20% of the problems), from a stage 1 remade at 11456b8 against the same recipe uniform (own renderer,
-    # float32): 600 problems (seed 999) 81.2 -> 87.5, extreme picture problems there 14 -> 26 of 30; a held-out
+    # float32): 600 problems (seed 999) 81.2 -> 87.5, extreme picture problems there 16 -> 26 of 30; a held-out
     # set of 120 picture + 60 text extreme problems (seed 2024) 50 -> 102 and 24 -> 29 (text ones stay near a
     # guess); the rest within the run-to-run spread (colour 69 -> 73 of 85, count a kind 35 -> 43 of 53, "Which
     # shape is <colour>?" 67 -> 62 of 67). Before, the model did not even fit its own training extremes (44 of 80).

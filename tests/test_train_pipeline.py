@@ -16,7 +16,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from llava.train.config import PipelineConfig
 from llava.train.loop import OptimConfig, fast_bf16, train
-from llava.train.pipeline import code_version
+from llava.train.pipeline import code_version, train_all
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -238,3 +238,12 @@ def test_a_fine_tune_keeps_its_report_when_the_run_stops_later(smoke, tmp_path):
     export(tmp_path / "run", tmp_path / "stored", progress=False, only=("chat",))
     assert (tmp_path / "stored" / "llava-shapes-chat" / "training_curves.png").is_file()
     assert "stage2-chat" in (tmp_path / "stored" / "llava-shapes-chat" / "README.md").read_text()
+
+
+def test_a_misnamed_question_weight_stops_the_run_before_pre_training(tmp_path):
+    cfg = PipelineConfig.smoke()
+    cfg.sqa_maker_weights = {"extremes": 4.0}
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="extremes"):
+        train_all(cfg, tmp_path)
+    assert time.perf_counter() - start < 5 and not any(tmp_path.iterdir())  # nothing trained, nothing written

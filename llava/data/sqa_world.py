@@ -242,6 +242,15 @@ def fact(rng: random.Random) -> Problem:
 # --- a whole set ----------------------------------------------------------------------------------
 
 
+def check_maker_weights(maker_weights: Mapping[str, float] | None) -> None:
+    """ValueError unless every key names a question maker and every weight is positive (a picture that some
+    makers cannot ask about needs the others)."""
+    if maker_weights and (unknown := set(maker_weights) - {m.__name__ for m in PICTURE_MAKERS}):
+        raise ValueError(f"maker_weights names no question maker: {sorted(unknown)}")
+    if maker_weights and min(maker_weights.values()) <= 0:
+        raise ValueError(f"maker_weights must be positive, got {maker_weights}")
+
+
 def make_problems(
     rng: random.Random,
     n: int,
@@ -257,10 +266,7 @@ def make_problems(
     k + 1 objects are weighed by `count_weights[k]` (default: uniform). A picture's scene is asked up to
     `per_scene` different questions, each its own problem (consecutive ids, the same `Scene` object). The kinds
     of question are weighed by `maker_weights` (a maker's name, as "extreme", to its weight; default: uniform)."""
-    if maker_weights and (unknown := set(maker_weights) - {m.__name__ for m in PICTURE_MAKERS}):
-        raise ValueError(f"maker_weights names no question maker: {sorted(unknown)}")
-    if maker_weights and min(maker_weights.values()) <= 0:  # a picture some makers cannot ask about needs the others
-        raise ValueError(f"maker_weights must be positive, got {maker_weights}")
+    check_maker_weights(maker_weights)
     if per_scene < 1:
         raise ValueError(f"per_scene must be at least 1, got {per_scene}")
     problems: dict[str, Problem] = {}

@@ -31,7 +31,7 @@ from transformers.utils import logging as hf_logging
 
 from llava.data.build import Picture, instruct_records, make_pictures, sqa_pictures
 from llava.data.scienceqa import to_instruct
-from llava.data.sqa_world import make_problems
+from llava.data.sqa_world import check_maker_weights, make_problems
 from llava.model.tiny import build_config, build_processor, save_checkpoint, train_tokenizer
 from llava.train.clip import build_clip, pretrain_clip
 from llava.train.config import PipelineConfig
@@ -176,6 +176,7 @@ def train_all(
     """Run stages 1-6 (or load 1-4 from `from_stage1`, a folder `keep_stage1` wrote); the checkpoints of the
     fine-tunes in `only` are saved under `out`, and the stage-1 model under `out/stage1` if `keep_stage1`, to try
     stage-2 recipes from without the hour before it."""
+    check_maker_weights(cfg.sqa_maker_weights)  # now, not after the hour of pre-training
     if from_stage1 is None:
         model, processor, report = pretrain(cfg, out / "stage1" if keep_stage1 else None)
     else:

@@ -93,6 +93,19 @@ def test_maker_weights_shift_the_kinds_of_question():
         make_problems(random.Random(2), 10, "train", maker_weights={"extreme": 1.0, "largest": 0.0})
 
 
+def test_fact_share_sets_the_share_of_problems_without_context():
+    def no_context(share):
+        probs, _ = make_problems(random.Random(3), 2000, "train", per_scene=3, fact_share=share)
+        return sum(context_modality(p)[0] == "NO" for p in probs.values()) / len(probs)
+
+    assert 0.07 < no_context(0.1) < 0.13 and no_context(0.02) < 0.035 and no_context(0.0) == 0
+    # the default draws the problems as it always did
+    assert make_problems(random.Random(3), 50, "train", fact_share=0.1) == make_problems(random.Random(3), 50, "train")
+    for bad in (-0.1, 0.9):  # with the text share's 0.15, 0.9 leaves less than nothing for pictures
+        with pytest.raises(ValueError, match="shares of one"):
+            make_problems(random.Random(3), 10, "train", fact_share=bad)
+
+
 def test_answers_are_right_about_the_pictures(problems):
     probs, scenes = problems
     checked = 0

@@ -240,10 +240,14 @@ def test_a_fine_tune_keeps_its_report_when_the_run_stops_later(smoke, tmp_path):
     assert "stage2-chat" in (tmp_path / "stored" / "llava-shapes-chat" / "README.md").read_text()
 
 
-def test_a_misnamed_question_weight_stops_the_run_before_pre_training(tmp_path):
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [("sqa_maker_weights", {"extremes": 4.0}, "extremes"), ("sqa_fact_share", 1.5, "shares")],
+)
+def test_a_wrong_scienceqa_data_setting_stops_the_run_before_pre_training(tmp_path, setting, value, message):
     cfg = PipelineConfig.smoke()
-    cfg.sqa_maker_weights = {"extremes": 4.0}
+    setattr(cfg, setting, value)
     start = time.perf_counter()
-    with pytest.raises(ValueError, match="extremes"):
+    with pytest.raises(ValueError, match=message):
         train_all(cfg, tmp_path)
     assert time.perf_counter() - start < 5 and not any(tmp_path.iterdir())  # nothing trained, nothing written

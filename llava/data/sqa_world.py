@@ -251,13 +251,23 @@ def check_maker_weights(maker_weights: Mapping[str, float] | None) -> None:
         raise ValueError(f"maker_weights must be positive, got {maker_weights}")
 
 
+TEXT_SHARE = 0.15  # problems whose scene is told in words (`described`), as held-out problems are drawn
+FACT_SHARE = 0.1  # general knowledge with no context (`fact`)
+
+
+def check_shares(fact_share: float, text_share: float = TEXT_SHARE) -> None:
+    """ValueError unless the shares of fact and text problems are shares of one (the rest show a picture)."""
+    if min(fact_share, text_share) < 0 or fact_share + text_share > 1:
+        raise ValueError(f"fact_share and text_share must be shares of one, got {fact_share} and {text_share}")
+
+
 def make_problems(
     rng: random.Random,
     n: int,
     split: str,
     start: int = 0,
-    text_share: float = 0.15,
-    fact_share: float = 0.1,
+    text_share: float = TEXT_SHARE,
+    fact_share: float = FACT_SHARE,
     count_weights: Sequence[float] | None = None,
     per_scene: int = 1,
     maker_weights: Mapping[str, float] | None = None,
@@ -265,8 +275,11 @@ def make_problems(
     """`n` problems keyed by id, and the scene behind every picture problem (to render its image.png); scenes of
     k + 1 objects are weighed by `count_weights[k]` (default: uniform). A picture's scene is asked up to
     `per_scene` different questions, each its own problem (consecutive ids, the same `Scene` object). The kinds
-    of question are weighed by `maker_weights` (a maker's name, as "extreme", to its weight; default: uniform)."""
+    of question are weighed by `maker_weights` (a maker's name, as "extreme", to its weight; default: uniform).
+    A share `fact_share` of the problems has no context (`fact`), `text_share` tells its scene in words
+    (`described`), the rest show a picture."""
     check_maker_weights(maker_weights)
+    check_shares(fact_share, text_share)
     if per_scene < 1:
         raise ValueError(f"per_scene must be at least 1, got {per_scene}")
     problems: dict[str, Problem] = {}

@@ -31,7 +31,7 @@ from transformers.utils import logging as hf_logging
 
 from llava.data.build import Picture, instruct_records, make_pictures, sqa_pictures
 from llava.data.scienceqa import to_instruct
-from llava.data.sqa_world import check_maker_weights, make_problems
+from llava.data.sqa_world import check_maker_weights, check_shares, make_problems
 from llava.model.tiny import build_config, build_processor, save_checkpoint, train_tokenizer
 from llava.train.clip import build_clip, pretrain_clip
 from llava.train.config import PipelineConfig
@@ -151,7 +151,8 @@ FINETUNES = {"chat": CHAT_NAME, "sqa": SQA_NAME}
 # the settings of the stages after stage 1: a run resumed from stage 1 takes them from its own configuration
 FINETUNE_SETTINGS = (
     *("chat_pictures", "chat_count_weights", "chat_per_picture", "stage2"),
-    *("sqa_problems", "sqa_count_weights", "sqa_maker_weights", "sqa_per_picture", "sqa_lookups", "sqa"),
+    *("sqa_problems", "sqa_count_weights", "sqa_maker_weights", "sqa_fact_share", "sqa_per_picture"),
+    *("sqa_lookups", "sqa"),
     *("eval_pictures", "eval_problems", "eval_max_new_tokens", "seed"),
 )
 
@@ -177,6 +178,7 @@ def train_all(
     fine-tunes in `only` are saved under `out`, and the stage-1 model under `out/stage1` if `keep_stage1`, to try
     stage-2 recipes from without the hour before it."""
     check_maker_weights(cfg.sqa_maker_weights)  # now, not after the hour of pre-training
+    check_shares(cfg.sqa_fact_share)
     if from_stage1 is None:
         model, processor, report = pretrain(cfg, out / "stage1" if keep_stage1 else None)
     else:
@@ -312,6 +314,7 @@ def finetune_sqa(cfg: PipelineConfig, model, processor, report: Report, out: Pat
             count_weights=cfg.sqa_count_weights,
             per_scene=cfg.sqa_per_picture,
             maker_weights=cfg.sqa_maker_weights,
+            fact_share=cfg.sqa_fact_share,
         )
         # problems about one scene share one drawing, named after the first of them
         drawn: dict[int, str] = {}

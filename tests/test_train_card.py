@@ -106,3 +106,7 @@ def test_the_card_says_which_kinds_of_question_were_asked_more():
     assert question_weights(None) == question_weights({}) == question_weights({"extreme": 1.0}) == ""
     line = question_weights({"extreme": 4.0, "count_kind": 0.5})
     assert line == "; extreme questions 4x as often, count kind questions 0.5x as often"
+    assert question_weights(None, 0.1) == ""  # the held-out problems' share of no-context ones
+    assert question_weights({"extreme": 4.0}, 0.02) == (
+        "; extreme questions 4x as often, 2% of them with no context (held-out problems: 10%)"
+    )

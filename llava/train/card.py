@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from llava.data.sqa_world import FACT_SHARE
 from llava.eval.questions import KINDS, TARGET_KINDS
 
 STAGE_ROWS = (
@@ -153,9 +154,12 @@ def grounding_options(stage: dict) -> str:
     return " Also: " + "; ".join(extras) + "." if extras else ""
 
 
-def question_weights(weights: dict[str, float] | None) -> str:
-    """'; extreme questions 4x as often' for {"extreme": 4.0}: each kind of question goes by its maker's name."""
+def question_weights(weights: dict[str, float] | None, fact_share: float = FACT_SHARE) -> str:
+    """'; extreme questions 4x as often' for {"extreme": 4.0}: each kind of question goes by its maker's name; and
+    the share of problems with no context where it is not the held-out problems' `FACT_SHARE`."""
     kinds = [f"{k.replace('_', ' ')} questions {w:g}x as often" for k, w in (weights or {}).items() if w != 1]
+    if fact_share != FACT_SHARE:
+        kinds.append(f"{fact_share:.0%} of them with no context (held-out problems: {FACT_SHARE:.0%})")
     return "; " + ", ".join(kinds) if kinds else ""
 
 
@@ -308,7 +312,7 @@ Weights: {mb:.1f} MB ({stored} safetensors{", exported from the float32 run by `
   over a one-change negative, by kind; region zero-shot): {clip_line}.
 - **Stage 1** ({report.data.get("stage1_pairs", 0):,} pairs): `Describe the image concisely.`-style instruction + caption;
   vision tower and LM frozen, the projector learns.
-- **Stage 2** — {"chat: " + format(report.data.get("chat_records", 0), ",") + " LLaVA-Instruct records (" + format(report.data.get("chat_turns", 0), ",") + " question/answer turns) from the rule-based teacher, which reads only captions + boxes: multi-turn conversations (canonical questions and paraphrases), detailed descriptions, complex reasoning (largest, in common, extremes, left of, more than, what if removed)" if is_chat else "ScienceQA: " + format(report.data.get("sqa_problems", 0), ",") + " problems in ScienceQA's `problems.json` schema (picture, text-context and no-context problems" + (f"; up to {cfg['sqa_per_picture']} about each picture" if cfg.get("sqa_per_picture", 1) > 1 else "") + question_weights(cfg.get("sqa_maker_weights")) + "), asked as `Question/Context/Options` (QCM) and answered as lecture + explanation + `The answer is X.` (LEA); tuned from the stage-1 model"}.
+- **Stage 2** — {"chat: " + format(report.data.get("chat_records", 0), ",") + " LLaVA-Instruct records (" + format(report.data.get("chat_turns", 0), ",") + " question/answer turns) from the rule-based teacher, which reads only captions + boxes: multi-turn conversations (canonical questions and paraphrases), detailed descriptions, complex reasoning (largest, in common, extremes, left of, more than, what if removed)" if is_chat else "ScienceQA: " + format(report.data.get("sqa_problems", 0), ",") + " problems in ScienceQA's `problems.json` schema (picture, text-context and no-context problems" + (f"; up to {cfg['sqa_per_picture']} about each picture" if cfg.get("sqa_per_picture", 1) > 1 else "") + question_weights(cfg.get("sqa_maker_weights"), cfg.get("sqa_fact_share", FACT_SHARE)) + "), asked as `Question/Context/Options` (QCM) and answered as lecture + explanation + `The answer is X.` (LEA); tuned from the stage-1 model"}.
   Loss on the assistant's tokens only (answer and `###`), under the `llava_v0` template.{packed_line}{ground_line}
 
 {stage_table(report, stage)}

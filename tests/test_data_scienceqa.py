@@ -22,6 +22,7 @@ from llava.data.scienceqa import (
     to_instruct,
 )
 from llava.data.sqa_world import make_problems
+from llava.model.tiny import COLORS, SHAPES
 
 FIELDS = {"question", "choices", "answer", "hint", "image", "task", "grade", "subject", "topic", "category", "skill"}
 FIELDS |= {"lecture", "solution", "split"}
@@ -133,6 +134,27 @@ def test_which_shape_is_there_goes_through_every_option_before_choosing(problems
         assert [name for name, _ in checks] == [c.split(" ", 1)[1] for c in p["choices"]], p["solution"]
         assert [not no for _, no in checks] == [name in there for name, _ in checks], (p["solution"], there)
         assert sum(not no for _, no in checks) == 1
+
+
+def test_counting_names_each_object_counted_before_the_number(problems):
+    """The list is the picture's objects of that kind, in the palette's order, and the number is its length."""
+    probs, scenes = problems
+    words = ["zero", "one", "two", "three", "four"]
+    asked = [(pid, p) for pid, p in probs.items() if pid in scenes and p["question"].startswith("How many")]
+    assert len(asked) > 20
+    zero = 0
+    for pid, p in asked:
+        noun = re.fullmatch(r"How many (.+) are in the picture\?", p["question"]).group(1)
+        kind = noun.removesuffix(" shapes").removesuffix("s")
+        counted = [o for o in scenes[pid].objects if noun == "shapes" or kind in (o.color, o.shape)]
+        counted.sort(key=lambda o: (COLORS.index(o.color), SHAPES.index(o.shape)))
+        listed = re.fullmatch(r"Count [^:.]+(?:: (.+))?\. There (?:is|are) (\w+)\.", p["solution"])
+        assert listed, p["solution"]
+        names = re.split(r", | and ", listed.group(1)) if listed.group(1) else []
+        assert names == [f"{'an' if o.color == 'orange' else 'a'} {o.color} {o.shape}" for o in counted], p
+        assert listed.group(2) == words[len(names)] == p["choices"][p["answer"]]
+        zero += not names
+    assert 0 < zero < len(asked)
 
 
 def test_every_solution_ends_by_naming_the_right_option(problems):

@@ -11,7 +11,7 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from llava.data.teacher import Item, matching, read_items, uniquely_named
+from llava.data.teacher import Item, in_palette_order, matching, read_items, uniquely_named
 from llava.data.world import (
     EXTREME_WORDS,
     Scene,
@@ -95,7 +95,7 @@ def shape_of_color(items: list[Item], rng: random.Random) -> Problem | None:
 def counted(lead: str, found: list[Item]) -> str:
     """A counting solution: `lead`, then each object counted (`a red circle`, in the palette's order of colours,
     then shapes, then left to right, as descriptions name them), then the number, which is how many were named."""
-    found = sorted(found, key=lambda i: (COLORS.index(i.color), SHAPES.index(i.shape), i.center[0], i.center[1]))
+    found = in_palette_order(found)
     listed = f"{lead}: {join_words([_a(i.name) for i in found])}." if found else f"{lead}."
     n = len(found)
     return f"{listed} There {_are(n)} {number_word(n)}."
@@ -106,8 +106,8 @@ def counted(lead: str, found: list[Item]) -> str:
 # weights' stage 1 (9b1e51e), same data stream otherwise (extreme x4, no-context 2%), float32 unless said: 600
 # problems (seed 999, own renderer) 89.5 -> 91.0, its counting questions 138 -> 147 of 165 ("How many <shape>s?"
 # 38 -> 43 of 53), but "Which shape is <colour>?" 66 -> 62 of 67; 300 (seed 7, stored bf16) 88.7 -> 90.7; the
-# cards' 150 a renderer (bf16) 90.0/90.7 -> 90.0/86.0. Against the shipped weights (stored bf16) on a draw used for
-# no choice before, 500 problems (seed 2027) a renderer: 88.8/87.8 -> 91.6/90.8; shipped with it
+# cards' 150 a renderer (bf16) 90.0/90.7 -> 90.0/86.0. Against the weights shipped before (stored bf16) on a draw used
+# for no choice before, 500 problems (seed 2027) a renderer: 88.8/87.8 -> 91.6/90.8; shipped with it (8f43f4d)
 def count_all(items: list[Item], rng: random.Random) -> Problem:
     n = len(items)
     return _problem(

@@ -241,6 +241,11 @@ def conversation(items: list[Item], rng: random.Random, turns: tuple[int, int] =
 # --- detailed description -----------------------------------------------------------------------
 
 
+def in_palette_order(items: list[Item]) -> list[Item]:
+    """`items` in the palette's order of colours (`COLORS`), then of shapes, then left to right (then top down)."""
+    return sorted(items, key=lambda i: (COLORS.index(i.color), SHAPES.index(i.shape), i.center[0], i.center[1]))
+
+
 # Palette order against left to right, from the same stage 1 and data, 1500 packed chat steps each (200 pictures,
 # own/alt renderer): objects named 82.0/79.3 -> 94.7/93.0%, extra mentions 95/98 -> 26/32, every object of a
 # 4-object scene named 15/9 -> 62/55%, yes/no 92/96 -> 97/98, count 91.0/90.5 -> 93.5/91.5, count kind 95.0/90.5
@@ -249,7 +254,7 @@ def describe(items: list[Item]) -> str:
     """Every object with size, colour, shape and position, then one observation. Objects come in the palette's
     order of colours (`COLORS`), then of shapes, then left to right: which object is next is a question of which
     colours are in the picture, which the model reads well, not of where the objects are, which it reads badly."""
-    items = sorted(items, key=lambda i: (COLORS.index(i.color), SHAPES.index(i.shape), i.center[0], i.center[1]))
+    items = in_palette_order(items)
     n = len(items)
     text = [f"The image shows {number_word(n)} {plural('shape', n)} on a light background."]
     for k, item in enumerate(items):

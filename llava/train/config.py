@@ -102,7 +102,7 @@ class PipelineConfig:
     # problems of both draws, a tie; not shipped. Extreme 2 (with sqa_fact_share 0.02), same stage 1, against 4:
     # cards' 150 (bf16) 90.0/89.3 against 90.0/90.7, 600 (seed 999) 91.2 against 89.5, 300 (seed 7, bf16) 92.0
     # against 88.7, but on a draw used for no choice before (500 problems a renderer, seed 2027, bf16) 88.6/86.2
-    # against the shipped weights' 88.8/87.8: kept at 4
+    # against the weights shipped before 8f43f4d, 88.8/87.8: kept at 4
     sqa_maker_weights: dict[str, float] | None = field(default_factory=lambda: {"extreme": 4.0})
     # share of the ScienceQA problems that are general knowledge with no context ("How many corners does a square
     # have?", `sqa_world.fact`: ten question texts), as the held-out problems are drawn. Each is a short row of its

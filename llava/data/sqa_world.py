@@ -179,7 +179,15 @@ def present(items: list[Item], rng: random.Random) -> Problem:
     )  # fmt: skip
     # each option named, then its verdict: the verdict reads the picture after the name has pointed at it. Tried with
     # ClipConfig.center_weight 10 against "The other two are not there. There is a ..." on the stage 1 without it (300
-    # problems, own renderer): these problems 38 -> 45 of 48 right; the two changes together avg 84.3 -> 86.3
+    # problems, own renderer): these problems 38 -> 45 of 48 right; the two changes together avg 84.3 -> 86.3.
+    # The shipped weights' misses here (two draws, seeds 3131 and 4747, 500 problems a renderer): 20 of 24 have the
+    # verdicts right and then conclude with another object ("A purple circle is there. ... So the shape in the
+    # picture is a green triangle."). Taught to copy (a patch, not committed: each claim's "there" gathers the
+    # claimed words in layer 1 head 6, the conclusion's choosing tokens look at the "there" of the claim that
+    # holds in layer 2 head 2, importance 5), from the same stage 1 (9b1e51e): teacher-forced both heads look
+    # where taught (mass 1.000 and 0.999, against 0.004 and 0.013 untaught), but the conclusion still names an
+    # object of the picture; these problems 260 against 264 of 288 right (copy misses 18 against 20, wrong
+    # verdicts 10 against 4); all problems 919 against 901 and 896 against 904 of 1000 (p = 0.05 and 0.37): not kept
     checks = [
         f"{c[0].upper()}{c[1:]} is {'' if k == p['answer'] else 'not '}there." for k, c in enumerate(p["choices"])
     ]

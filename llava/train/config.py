@@ -180,7 +180,7 @@ class PipelineConfig:
             # 19); all three 123 against 89 (p = 0.02). "How many <colour> shapes?" 141 against 119 of 146 on the first
             # two ("There are no yellow shapes" is gone), the whole count 248 against 254 of 292: where two objects
             # share a colour, the list still misses one as often as before. The cards' 150 a renderer (stored) 90.7/90.0
-            # against 90.0/86.0. Shipped
+            # against 90.0/86.0. Shipped.
             # ground_described (the look-ups in a described picture's phrases), same stage 1: 86.3/85.7, text
             # context 40 of 45 (34-36 in five runs without it), but "Which shape is <colour>?" 22 of 33. With
             # ground_link as well: 86.7/85.0, text context 40 of 45, "Which shape is <colour>?" 32 of 33, colors

@@ -143,6 +143,9 @@ def test_cli_saves_world_answers_a_file_a_renderer(tmp_path, tiny_ckpt, capsys):
         rows = [json.loads(line) for line in path.read_text().splitlines()]
         assert [r["question_id"] for r in rows] == list(problems)
         assert all(r["prompt"].startswith("Question: ") and "\nOptions: (A) " in r["prompt"] for r in rows)
+        # each answer's own score and kind, for `python -m llava.eval compare`
+        assert sum(r["correct"] for r in rows) / len(rows) == results[renderer]["accuracy"]["all/Avg"]
+        assert [r["kind"] for r in rows] == [p.get("skill") or p["topic"] for p in problems.values()]
         # the file scores exactly as the run did
         rescored = score_predictions(problems, load_predictions(path)).to_json()
         assert {k: rescored[k] for k in ("accuracy", "format_kept", "failures")} == {

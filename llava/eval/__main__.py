@@ -6,10 +6,14 @@
     python -m llava.eval sqa  --model M --problems-file problems.json --image-folder images/ --split test \\
                               [--save-predictions answers.jsonl]
     python -m llava.eval look --model checkpoints/llava-shapes-chat [--pictures 150]
+    python -m llava.eval compare --a NEW.primary.jsonl NEW.alt.jsonl --b OLD.primary.jsonl OLD.alt.jsonl
+
 
 The first two draw fresh held-out pictures; the last two read real ScienceQA files (LLaVA's answer
 files are JSON Lines of `{"question_id", "text"}`). `look` shows where the model attends when it answers
-about one object (see `llava.eval.look`). Tables go to stdout, `--json` writes the numbers.
+about one object (see `llava.eval.look`). `compare` pairs two models' saved answers to the same draw
+(`chat --save-answers`, `sqa --save-predictions`) question by question. Tables go to stdout, `--json` writes
+the numbers.
 """
 
 from __future__ import annotations
@@ -35,6 +39,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     chat.add_argument("--model", required=True)
     chat.add_argument("--pictures", type=int, default=200, help="pictures per renderer")
     chat.add_argument("--seed", type=int, default=1234)
+    chat.add_argument(
+        "--save-answers",
+        type=Path,
+        help="write every question, answer and score as .jsonl (one file a renderer, NAME.<renderer>.jsonl)",
+    )
     sqa = sub.add_parser("sqa", help="ScienceQA table: held-out world problems, or real problems.json files")
     sqa.add_argument("--model", help="checkpoint to run (not needed when scoring --predictions)")
     sqa.add_argument("--problems", type=int, default=300, help="world problems per renderer")
@@ -53,6 +62,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     look.add_argument("--pictures", type=int, default=150, help="pictures per look-up")
     look.add_argument("--seed", type=int, default=77)
     look.add_argument("--renderer", choices=RENDERERS, default="primary")
+    compare = sub.add_parser("compare", help="two models' saved answers to one draw, question by question")
+    compare.add_argument("--a", nargs="+", type=Path, required=True, help="answer files of model A")
+    compare.add_argument("--b", nargs="+", type=Path, required=True, help="model B's, in the same order")
+    compare.add_argument("--labels", nargs=2, default=("A", "B"), metavar=("A", "B"), help="the columns' names")
+    compare.add_argument("--json", type=Path, help="also write the results here")
     for sp in (chat, sqa):
         sp.add_argument("--renderer", nargs="+", choices=RENDERERS, default=list(RENDERERS))
     for sp in (chat, sqa, look):
@@ -64,12 +78,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run_chat(args: argparse.Namespace) -> dict:
-    from llava.eval.chat import evaluate_chat
+    from llava.eval.chat import evaluate_chat, write_answers
     from llava.model.loader import load_pretrained
     from llava.train.card import by_objects_table, chat_table, where_bands_table
 
     loaded = load_pretrained(args.model, device=args.device, dtype=args.dtype)
-    results = {r: evaluate_chat(loaded, args.pictures, r, args.seed, not args.quiet).to_json() for r in args.renderer}
+    results = {}
+    for renderer in args.renderer:
+        result = evaluate_chat(loaded, args.pictures, renderer, args.seed, not args.quiet)
+        results[renderer] = result.to_json()
+        if args.save_answers:
+            path = per_renderer(args.save_answers, renderer, args.renderer)
+            write_answers(path, result)
+            print(f"{renderer} renderer's answers: {path}", file=sys.stderr)
     print(f"\n{args.model}: accuracy (%) per question kind, {args.pictures} held-out pictures per renderer\n")
     print(chat_table(results))
     print(f"\nAccuracy (%) by the number of objects in the picture:\n\n{by_objects_table(results)}")
@@ -125,14 +146,29 @@ def run_sqa(args: argparse.Namespace) -> dict:
         predictions = predict(loaded, problems, images.get, not args.quiet)
         results[renderer] = score_predictions(problems, predictions).to_json()
         if args.save_predictions:  # the same problem ids under every renderer: a file each
-            path = args.save_predictions
-            if len(args.renderer) > 1:
-                path = path.with_name(f"{path.stem}.{renderer}{path.suffix}")
+            path = per_renderer(args.save_predictions, renderer, args.renderer)
             write_answers(path, problems, predictions)
             print(f"{renderer} renderer's answers: {path}", file=sys.stderr)
     print(f"\n{args.model}: ScienceQA-format accuracy (%), {args.problems} held-out problems per renderer\n")
     print(sqa_table(results))
     return results
+
+
+def per_renderer(path: Path, renderer: str, renderers: list[str]) -> Path:
+    """`path` for one renderer's answers: NAME.<renderer>.jsonl when several renderers share the run."""
+    return path.with_name(f"{path.stem}.{renderer}{path.suffix}") if len(renderers) > 1 else path
+
+
+def run_compare(args: argparse.Namespace) -> dict:
+    from llava.eval.compare import compare, markdown
+
+    pairs, unmatched = compare(args.a, args.b)
+    a, b = args.labels
+    print(f"\n{a} against {b}, question by question ({len(args.a)} pair(s) of answer files)\n")
+    print(markdown(pairs, (a, b)))
+    if unmatched:
+        print(f"\n{unmatched} question(s) answered in one file only were left out", file=sys.stderr)
+    return pairs.to_json()
 
 
 def run_look(args: argparse.Namespace) -> dict:
@@ -148,14 +184,17 @@ def run_look(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import torch
-
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    outputs = (args.json, getattr(args, "save_predictions", None), getattr(args, "save_answers", None))
     try:
-        for out in (args.json, getattr(args, "save_predictions", None)):  # before minutes of answering, not after
+        for out in outputs:  # before minutes of answering, not after
             if out is not None and not out.parent.is_dir():
                 raise LlavaError(f"{out}: its folder {out.parent} does not exist")
-        results = {"chat": run_chat, "sqa": run_sqa, "look": run_look}[args.task](args)
+        if args.task != "compare":  # reads files only: no torch
+            import torch
+
+            torch.set_num_threads(min(2, torch.get_num_threads()))
+        tasks = {"chat": run_chat, "sqa": run_sqa, "look": run_look, "compare": run_compare}
+        results = tasks[args.task](args)
     except LlavaError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

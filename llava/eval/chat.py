@@ -6,9 +6,11 @@ and answered by `llava.generation.generate` (greedy, stop `###`), exactly what a
 
 from __future__ import annotations
 
+import json
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from PIL import Image
 from tqdm import tqdm
@@ -30,6 +32,9 @@ class ChatResult:
     objects: int = 0  # objects in the described pictures
     extra: int = 0  # mentions of objects that are not there
     samples: list[dict] = field(default_factory=list)  # a few question/answer pairs to show
+    # every question, its answer and score, question_id "<picture>/<kind>" (one question a kind a picture), for
+    # `write_answers` and `python -m llava.eval compare`
+    answers: list[dict] = field(default_factory=list)
     # kind -> objects in the picture -> 0/1 per question (describe: 1 when every object is named)
     by_objects: dict[str, dict[int, list[float]]] = field(
         default_factory=lambda: defaultdict(lambda: defaultdict(list))
@@ -118,7 +123,14 @@ def evaluate_chat(
                 result.extra += int(s["extra"])
             if k < n_samples or (not s["correct"] and len(result.samples) < 3 * n_samples):
                 result.samples.append(_sample(q, answer, s["correct"]))
+            row = {"question_id": f"{k}/{q.kind}", "objects": len(scene.objects), **_sample(q, answer, s["correct"])}
+            result.answers.append(row | {key: int(v) for key, v in s.items() if key != "correct"})
     return result
+
+
+def write_answers(path: str | Path, result: ChatResult) -> None:
+    """Every answer of `result` as JSON Lines (`question_id`, `kind`, `question`, `answer`, `correct`, ...)."""
+    Path(path).write_text("".join(json.dumps(row) + "\n" for row in result.answers))
 
 
 def _sample(q: Question, answer: str, correct: float) -> dict:

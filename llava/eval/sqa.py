@@ -199,11 +199,16 @@ def evaluate_world_sqa(
 
 
 def write_answers(path: str | Path, problems: dict[str, dict[str, Any]], predictions: dict[str, str]) -> None:
-    """LLaVA's answer file: one `{"question_id", "prompt", "text"}` per line, readable by `load_predictions`."""
-    lines = [
-        json.dumps({"question_id": pid, "prompt": qcm_prompt(problems[pid]), "text": t})
-        for pid, t in predictions.items()
-    ]
+    """LLaVA's answer file: one `{"question_id", "prompt", "text"}` per line, readable by `load_predictions`,
+    with the problem's `kind` (its skill, else its topic) and whether the answer is `correct`, which
+    `python -m llava.eval compare` pairs between two models."""
+    lines = []
+    for pid, text in predictions.items():
+        problem = problems[pid]
+        row = {"question_id": pid, "prompt": qcm_prompt(problem), "text": text}
+        row["kind"] = problem.get("skill") or problem.get("topic") or "all"
+        row["correct"] = parse_answer(text, len(problem["choices"])) == problem["answer"]
+        lines.append(json.dumps(row))
     Path(path).write_text("\n".join(lines) + "\n")
 
 

@@ -10,7 +10,7 @@ from llava.data.instruct import DataFormatError
 from llava.errors import LlavaError
 from llava.eval.__main__ import main as eval_main
 from llava.eval.compare import compare, load_outcomes, markdown, sign_test
-from llava.eval.questions import KINDS
+from llava.eval.questions import KINDS, TARGET_KINDS
 
 
 def write(path, rows):
@@ -33,10 +33,11 @@ def test_sign_test_matches_the_binomial_tails():
 def test_compare_counts_the_answers_only_one_model_got_right(tmp_path):
     a = write(tmp_path / "a.jsonl", rows([1, 1, 1, 0, 0, 1]) + rows([1, 0], kind="color"))
     b = write(tmp_path / "b.jsonl", rows([1, 0, 0, 1, 0, 1]) + rows([1, 1], kind="color"))
-    pairs, unmatched = compare([a], [b])
+    pairs, unmatched = compare([a], [b], groups={"numbers": ("count", "count_kind"), "none": ("where",)})
     assert unmatched == 0
     got = pairs.to_json()
-    assert list(got) == ["count", "color", "all"]
+    assert list(got) == ["count", "color", "numbers", "all"]  # a group no question falls in has no row
+    assert got["numbers"] == got["count"]
     assert got["count"] | {"p": 0} == {"questions": 6, "a": 4 / 6, "b": 3 / 6, "a_only": 2, "b_only": 1, "p": 0}
     assert got["count"]["p"] == pytest.approx(sign_test(2, 1))
     assert (got["color"]["a_only"], got["color"]["b_only"]) == (0, 1)
@@ -105,7 +106,13 @@ def test_chat_answers_saved_and_compared_through_the_cli(tmp_path, tiny_ckpt, ca
     assert eval_main(["compare", *pair, "--labels", "new", "old", "--json", str(out)]) == 0
     assert "| kind | questions | new (%) | old (%) |" in capsys.readouterr().out
     got = json.loads(out.read_text())
+    assert got["targets"]["questions"] == sum(got[k]["questions"] for k in TARGET_KINDS if k in got)
     assert got["all"]["a_only"] == got["all"]["b_only"] == 0 and got["all"]["p"] == 1.0
     assert got["all"]["questions"] == sum(len(p.read_text().splitlines()) for p in files.values())
     assert eval_main(["compare", "--a", str(files["primary"]), "--b", str(tmp_path / "none.jsonl")]) == 2
     assert "none.jsonl: cannot read" in capsys.readouterr().err
+    assert eval_main(["compare", *pair, "--group", "oops"]) == 2
+    assert "--group 'oops': expected NAME=KIND,KIND" in capsys.readouterr().err
+    assert eval_main(["compare", *pair, "--group", "words=color, shape, count", "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["words"]["questions"] == sum(got[k]["questions"] for k in ("color", "shape", "count") if k in got)

@@ -65,6 +65,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     compare = sub.add_parser("compare", help="two models' saved answers to one draw, question by question")
     compare.add_argument("--a", nargs="+", type=Path, required=True, help="answer files of model A")
     compare.add_argument("--b", nargs="+", type=Path, required=True, help="model B's, in the same order")
+    compare.add_argument(
+        "--group",
+        action="append",
+        default=[],
+        metavar="NAME=KIND,KIND",
+        help="a row pooling these kinds (chat answers get `targets`: the five kinds of the 95%% target)",
+    )
     compare.add_argument("--labels", nargs=2, default=("A", "B"), metavar=("A", "B"), help="the columns' names")
     compare.add_argument("--json", type=Path, help="also write the results here")
     for sp in (chat, sqa):
@@ -161,8 +168,15 @@ def per_renderer(path: Path, renderer: str, renderers: list[str]) -> Path:
 
 def run_compare(args: argparse.Namespace) -> dict:
     from llava.eval.compare import compare, markdown
+    from llava.eval.questions import TARGET_KINDS
 
-    pairs, unmatched = compare(args.a, args.b)
+    groups = {"targets": TARGET_KINDS}
+    for spec in args.group:
+        name, _, kinds = spec.partition("=")
+        if not name or not kinds:
+            raise LlavaError(f"--group {spec!r}: expected NAME=KIND,KIND")
+        groups[name] = tuple(k.strip() for k in kinds.split(","))
+    pairs, unmatched = compare(args.a, args.b, groups)
     a, b = args.labels
     print(f"\n{a} against {b}, question by question ({len(args.a)} pair(s) of answer files)\n")
     print(markdown(pairs, (a, b)))

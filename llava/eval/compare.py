@@ -31,9 +31,11 @@ class Pairs:
     """Per kind: questions, right from A, right from B, right from A only, right from B only."""
 
     cells: dict[str, list[int]] = field(default_factory=dict)
+    # extra rows: name -> the kinds it pools (e.g. the chat targets' five kinds); listed before `all`
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def add(self, kind: str, a: bool, b: bool) -> None:
-        for key in (kind, ALL):
+        for key in (kind, *(name for name, kinds in self.groups.items() if kind in kinds), ALL):
             cell = self.cells.setdefault(key, [0, 0, 0, 0, 0])
             cell[0] += 1
             cell[1] += a
@@ -42,7 +44,8 @@ class Pairs:
             cell[4] += b and not a
 
     def kinds(self) -> list[str]:
-        return [k for k in self.cells if k != ALL] + ([ALL] if self.cells else [])
+        rows = [k for k in self.cells if k != ALL and k not in self.groups]
+        return rows + [k for k in self.groups if k in self.cells] + ([ALL] if self.cells else [])
 
     def to_json(self) -> dict:
         out = {}
@@ -96,12 +99,15 @@ def load_outcomes(path: str | Path) -> dict[str, tuple[str, bool]]:
     return out
 
 
-def compare(a_files: Sequence[str | Path], b_files: Sequence[str | Path]) -> tuple[Pairs, int]:
-    """Pair the i-th file of `a_files` with the i-th of `b_files` by question id; the pairs and how many questions
-    only one side answered (left out). Kinds come from A's files."""
+def compare(
+    a_files: Sequence[str | Path], b_files: Sequence[str | Path], groups: dict[str, tuple[str, ...]] | None = None
+) -> tuple[Pairs, int]:
+    """Pair the i-th file of `a_files` with the i-th of `b_files` by question id; the pairs (with a row for each
+    of `groups`, name -> kinds) and how many questions only one side answered (left out). Kinds come from A's
+    files."""
     if len(a_files) != len(b_files) or not a_files:
         raise LlavaError(f"give as many --a files as --b files (got {len(a_files)} and {len(b_files)})")
-    pairs, unmatched = Pairs(), 0
+    pairs, unmatched = Pairs(groups=dict(groups or {})), 0
     for fa, fb in zip(a_files, b_files, strict=True):
         a, b = load_outcomes(fa), load_outcomes(fb)
         common = [q for q in a if q in b]

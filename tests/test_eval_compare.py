@@ -116,3 +116,11 @@ def test_chat_answers_saved_and_compared_through_the_cli(tmp_path, tiny_ckpt, ca
     assert eval_main(["compare", *pair, "--group", "words=color, shape, count", "--json", str(out)]) == 0
     got = json.loads(out.read_text())
     assert got["words"]["questions"] == sum(got[k]["questions"] for k in ("color", "shape", "count") if k in got)
+
+
+def test_a_kind_named_like_a_row_counts_once(tmp_path):
+    a = write(tmp_path / "a.jsonl", [{"question_id": "1", "correct": True}, {"question_id": "2", "correct": False}])
+    b = write(tmp_path / "b.jsonl", [{"question_id": "1", "correct": False}, {"question_id": "2", "correct": False}])
+    got = compare([a], [b], groups={"all": ("all",)})[0].to_json()
+    assert list(got) == ["all"]
+    assert (got["all"]["questions"], got["all"]["a_only"], got["all"]["b_only"]) == (2, 1, 0)

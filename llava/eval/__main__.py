@@ -8,8 +8,7 @@
     python -m llava.eval look --model checkpoints/llava-shapes-chat [--pictures 150]
     python -m llava.eval compare --a NEW.primary.jsonl NEW.alt.jsonl --b OLD.primary.jsonl OLD.alt.jsonl
 
-
-The first two draw fresh held-out pictures; the last two read real ScienceQA files (LLaVA's answer
+The first two draw fresh held-out pictures; the next two read real ScienceQA files (LLaVA's answer
 files are JSON Lines of `{"question_id", "text"}`). `look` shows where the model attends when it answers
 about one object (see `llava.eval.look`). `compare` pairs two models' saved answers to the same draw
 (`chat --save-answers`, `sqa --save-predictions`) question by question. Tables go to stdout, `--json` writes

@@ -35,7 +35,8 @@ class Pairs:
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def add(self, kind: str, a: bool, b: bool) -> None:
-        for key in (kind, *(name for name, kinds in self.groups.items() if kind in kinds), ALL):
+        # each row once: a kind may be named `all` (files without kinds) or like a group
+        for key in dict.fromkeys((kind, *(name for name, kinds in self.groups.items() if kind in kinds), ALL)):
             cell = self.cells.setdefault(key, [0, 0, 0, 0, 0])
             cell[0] += 1
             cell[1] += a

@@ -190,6 +190,32 @@ def test_a_run_resumed_from_stage1_trains_what_the_full_run_trained(smoke, tmp_p
     assert full_size.returncode != 0 and "other model sizes" in full_size.stderr
 
 
+@pytest.mark.slow
+def test_stages_side_by_side_train_what_one_at_a_time_trains(smoke, tmp_path):
+    # by default CLIP trains beside the LM and the ScienceQA fine-tune beside the chat one, each in a process on
+    # half the threads (llava.train.share): the same data, seeds and steps as --one-at-a-time, weight for weight
+    src, _, _ = smoke
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "llava.train.pipeline", "--smoke", "--quiet", "--no-eval", "--one-at-a-time",
+         "--out", str(tmp_path)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "(beside clip)" not in proc.stdout
+    for name in ("llava-shapes-chat", "llava-shapes-sqa"):
+        alone = load_file(tmp_path / name / "model.safetensors")
+        beside = load_file(src / name / "model.safetensors")
+        assert set(alone) == set(beside)
+        assert [k for k in beside if not torch.allclose(alone[k], beside[k], rtol=0, atol=1e-6)] == [], name
+        report = json.loads((src / name / "training_report.json").read_text())
+        assert report["config"]["side_by_side"] == [["clip", "lm"], ["stage2-chat", "stage2-sqa"]]
+        assert set(report["histories"]) >= {"clip", "lm", "stage1", "stage2-chat", "stage2-sqa"}
+        assert "Trained side by side" in (src / name / "README.md").read_text()
+        assert "side_by_side" not in json.loads((tmp_path / name / "training_report.json").read_text())["config"]
+    assert not (src / ".stage1-for-sqa").exists() and not (tmp_path / ".stage1-for-sqa").exists()
+
+
 def test_a_seed_reaches_every_stage():
     # --seed 1 is a second sample of the recipe: before, the stages' batch order stayed at seed 0
     cfg = PipelineConfig().reseed(1)

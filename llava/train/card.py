@@ -135,6 +135,10 @@ def stage_table(report, final_stage: str) -> str:
         made = "both checkpoints" if trained_both(report) else "this checkpoint alone"
         scored = "evaluation included" if "eval" in report.timings else "no evaluation"  # a run made with --no-eval
         lines.append(f"| **whole pipeline** ({made}, {scored}) | | | | | {report.timings['total'] / 60:.1f} |")
+    pairs = [" and ".join(pair) for pair in cfg.get("side_by_side", []) if final_stage in pair or "clip" in pair]
+    if pairs:
+        lines += ["", f"Trained side by side, each on half the threads (their minutes overlap; the whole pipeline's "
+                      f"are wall time): {'; '.join(pairs)}."]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -26,6 +26,7 @@ with the patch loss on top, for 14% more CLIP time.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -420,9 +421,11 @@ def pretrain_clip(
     seed: int = 0,
     holdout: tuple[torch.Tensor, list[Scene]] | None = None,
     progress: bool = True,
+    on_step: Callable[[], None] | None = None,
 ) -> History:
     """Contrastive pre-training on (uint8 pixels, scene) pairs: the global caption loss plus the region and
-    patch losses (see the module docstring); captions and hard negatives made per step."""
+    patch losses (see the module docstring); captions and hard negatives made per step. `on_step`: as
+    `llava.train.loop.train` takes it."""
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
     captions = [full_caption(s) for s in scenes]
@@ -492,4 +495,4 @@ def pretrain_clip(
     eval_every = max(1, -(-cfg.optim.steps // 4))  # four checks per run
     params = list(clip.parameters())
     params += [p for h in (head, center_head) if h is not None for p in h.parameters()]
-    return train(params, loss_fn, cfg.optim, "clip", evaluate, eval_every, progress)
+    return train(params, loss_fn, cfg.optim, "clip", evaluate, eval_every, progress, on_step)

@@ -74,8 +74,10 @@ def train(
     evaluate: Callable[[int], dict[str, float]] | None = None,
     eval_every: int = 0,
     progress: bool = True,
+    on_step: Callable[[], None] | None = None,
 ) -> History:
-    """Run `cfg.steps` steps of `loss_fn(step)` (a scalar loss for one batch) and return the history."""
+    """Run `cfg.steps` steps of `loss_fn(step)` (a scalar loss for one batch) and return the history;
+    `on_step()` runs before each step, on this thread (`llava.train.share` widens the thread pool there)."""
     params = [p for p in params if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
@@ -88,6 +90,8 @@ def train(
     start = time.perf_counter()
     bar = tqdm(range(cfg.steps), desc=name, unit="step", disable=not progress, mininterval=2.0)
     for step in bar:
+        if on_step is not None:
+            on_step()
         lr = cfg.lr_at(step)
         for group in opt.param_groups:
             group["lr"] = lr

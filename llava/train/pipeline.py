@@ -19,14 +19,16 @@ import argparse
 import json
 import os
 import random
+import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoProcessor, LlamaForCausalLM, LlavaForConditionalGeneration
+from transformers import AutoProcessor, CLIPModel, LlamaForCausalLM, LlavaForConditionalGeneration
 from transformers.utils import logging as hf_logging
 
 from llava.data.build import Picture, instruct_records, make_pictures, sqa_pictures
@@ -41,6 +43,7 @@ from llava.train.ground import Target
 from llava.train.loop import History
 from llava.train.pixels import normalize, to_uint8
 from llava.train.sequences import Example, encode_record, encode_text, pack_by_picture
+from llava.train.share import Beside
 from llava.train.stages import StageConfig, pretrain_lm, run_stage, stage_targets
 
 CHAT_NAME, SQA_NAME = "llava-shapes-chat", "llava-shapes-sqa"
@@ -75,6 +78,18 @@ class Report:
             "evals": self.evals,
             "histories": {k: h.to_json() for k, h in self.histories.items()},
         }
+
+    def add(self, other: Report) -> None:
+        """What `other` (a copy of this report that a stage beside this one filled in) has and this has not."""
+        for part in ("timings", "histories", "params", "data", "evals"):
+            mine = getattr(self, part)
+            for key, value in getattr(other, part).items():
+                mine.setdefault(key, value)
+
+    def beside(self, first: str, second: str) -> None:
+        """Note that stages `first` and `second` trained at the same time, sharing the threads: their minutes
+        overlap (the card says so; `total` is the wall time)."""
+        self.config.setdefault("side_by_side", []).append([first, second])
 
     @classmethod
     def from_json(cls, raw: dict) -> Report:
@@ -173,17 +188,25 @@ def train_all(
     keep_stage1: bool = False,
     from_stage1: Path | None = None,
     only: tuple[str, ...] = tuple(FINETUNES),
+    side_by_side: bool | None = None,
 ) -> Report:
     """Run stages 1-6 (or load 1-4 from `from_stage1`, a folder `keep_stage1` wrote); the checkpoints of the
     fine-tunes in `only` are saved under `out`, and the stage-1 model under `out/stage1` if `keep_stage1`, to try
-    stage-2 recipes from without the hour before it."""
+    stage-2 recipes from without the hour before it. `side_by_side` (default: with 2 threads or more) trains
+    CLIP beside the LM and the ScienceQA fine-tune beside the chat one (`llava.train.share`); the same data,
+    seeds and steps as one at a time."""
     check_maker_weights(cfg.sqa_maker_weights)  # now, not after the hour of pre-training
     check_shares(cfg.sqa_fact_share)
+    if side_by_side is None:
+        side_by_side = torch.get_num_threads() >= 2
     if from_stage1 is None:
-        model, processor, report = pretrain(cfg, out / "stage1" if keep_stage1 else None)
+        model, processor, report = pretrain(cfg, out / "stage1" if keep_stage1 else None, side_by_side)
     else:
         model, processor, report = load_stage1(cfg, from_stage1)
     both = "chat" in only and "sqa" in only
+    if both and side_by_side:
+        finetune_both(cfg, model, processor, report, out, from_stage1 or (out / "stage1" if keep_stage1 else None))
+        return report
     after_stage1 = {k: v.clone() for k, v in model.state_dict().items()} if both else None
     if "chat" in only:
         finetune_chat(cfg, model, processor, report, out)
@@ -194,8 +217,50 @@ def train_all(
     return report
 
 
-def pretrain(cfg: PipelineConfig, stage1_dir: Path | None) -> tuple[LlavaForConditionalGeneration, object, Report]:
-    """Stages 1-4: tokenizer, CLIP, LM, then stage 1 (the projector). Saved with its report if `stage1_dir`."""
+def finetune_both(cfg: PipelineConfig, model, processor, report: Report, out: Path, saved: Path | None) -> None:
+    """The chat fine-tune here and the ScienceQA one beside it, in a process of its own that starts from stage 1
+    as saved on disk (`saved`, else a copy written under `out` for the time it takes)."""
+    folder = saved if saved is not None else out / ".stage1-for-sqa"
+    if saved is None:
+        save_checkpoint(model, processor, folder)
+    try:
+        with Beside(_finetune_sqa_from, cfg, folder, report, out) as side:
+            finetune_chat(cfg, model, processor, report, out, on_step=side.on_step)
+            report.add(side.result())
+    finally:
+        if saved is None:
+            shutil.rmtree(folder, ignore_errors=True)
+    report.beside("stage2-chat", "stage2-sqa")
+    save_report(out / CHAT_NAME, report)
+    save_report(out / SQA_NAME, report)
+
+
+def _finetune_sqa_from(
+    cfg: PipelineConfig, folder: Path, report: Report, out: Path, on_step: Callable[[], None] | None = None
+) -> Report:
+    """In the process beside the chat fine-tune: the ScienceQA fine-tune from the stage-1 model in `folder`."""
+    processor = AutoProcessor.from_pretrained(folder)
+    model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)
+    finetune_sqa(cfg, model, processor, report, out, on_step=on_step)
+    return report
+
+
+def _pretrain_lm(
+    text_config, texts: list[Example], cfg: PipelineConfig, on_step: Callable[[], None] | None = None
+) -> tuple[dict[str, torch.Tensor], History, float]:
+    """Stage 3, the language model from its own seed: its weights, history and seconds (here or beside CLIP)."""
+    start = time.perf_counter()
+    torch.manual_seed(stage_rng(cfg.seed, "lm init").getrandbits(63))
+    lm = LlamaForCausalLM(text_config)
+    history = pretrain_lm(lm, texts, cfg.lm_batch, cfg.lm_optim, cfg.seed, cfg.progress, on_step)
+    return lm.state_dict(), history, time.perf_counter() - start
+
+
+def pretrain(
+    cfg: PipelineConfig, stage1_dir: Path | None, side_by_side: bool = False
+) -> tuple[LlavaForConditionalGeneration, object, Report]:
+    """Stages 1-4: tokenizer, CLIP, LM (beside CLIP if `side_by_side`), then stage 1 (the projector). Saved with
+    its report if `stage1_dir`."""
     torch.manual_seed(cfg.seed)
     report = Report(config=asdict(cfg) | {"machine": machine(), "code": code_version()})
     sizes = cfg.sizes
@@ -209,27 +274,40 @@ def pretrain(cfg: PipelineConfig, stage1_dir: Path | None) -> tuple[LlavaForCond
         report.data["corpus_texts"] = len(corpus)
     norm = lambda x: normalize(x, processor.image_processor)  # noqa: E731
 
-    with report.timed("clip"):
-        pictures = make_pictures(stage_rng(cfg.seed, "clip"), cfg.clip_pictures, "clip")
-        holdout = make_pictures(random.Random(cfg.seed + 1), cfg.holdout_pictures, "holdout")
-        clip = build_clip(config.vision_config, tokenizer, cfg.clip)
-        report.histories["clip"] = pretrain_clip(
-            clip, tokenizer, _pixels(pictures, processor), [p.scene for p in pictures], cfg.clip, norm,
-            seed=cfg.seed, holdout=(_pixels(holdout, processor), [p.scene for p in holdout]), progress=cfg.progress,
-        )  # fmt: skip
-        report.data["clip_pairs"] = len(pictures)
-        report.params["clip_text_tower"] = count_params(clip.text_model) + count_params(clip.text_projection)
+    def train_clip(on_step: Callable[[], None] | None = None) -> CLIPModel:
+        with report.timed("clip"):
+            pictures = make_pictures(stage_rng(cfg.seed, "clip"), cfg.clip_pictures, "clip")
+            holdout = make_pictures(random.Random(cfg.seed + 1), cfg.holdout_pictures, "holdout")
+            clip = build_clip(config.vision_config, tokenizer, cfg.clip)
+            report.histories["clip"] = pretrain_clip(
+                clip, tokenizer, _pixels(pictures, processor), [p.scene for p in pictures], cfg.clip, norm,
+                seed=cfg.seed, holdout=(_pixels(holdout, processor), [p.scene for p in holdout]),
+                progress=cfg.progress, on_step=on_step,
+            )  # fmt: skip
+            report.data["clip_pairs"] = len(pictures)
+            report.params["clip_text_tower"] = count_params(clip.text_model) + count_params(clip.text_projection)
+        return clip
 
-    with report.timed("lm"):
-        lm = LlamaForCausalLM(config.text_config)
-        texts = [encode_text(t, tokenizer, sizes.max_position_embeddings) for t in corpus]
-        report.histories["lm"] = pretrain_lm(lm, texts, cfg.lm_batch, cfg.lm_optim, cfg.seed, cfg.progress)
+    texts = [encode_text(t, tokenizer, sizes.max_position_embeddings) for t in corpus]
+    if side_by_side:
+        print("[pipeline] lm ... (beside clip)", flush=True)
+        with Beside(_pretrain_lm, config.text_config, texts, cfg) as side:
+            clip = train_clip(side.on_step)
+            lm_state, report.histories["lm"], report.timings["lm"] = side.result()
+        print(f"[pipeline] lm done in {report.timings['lm']:.1f} s (beside clip)", flush=True)
+        report.beside("clip", "lm")
+    else:
+        clip = train_clip()
+        with report.timed("lm"):
+            lm_state, report.histories["lm"], _ = _pretrain_lm(config.text_config, texts, cfg)
 
+    torch.manual_seed(stage_rng(cfg.seed, "projector init").getrandbits(63))
     model = LlavaForConditionalGeneration(config)
     model.model.vision_tower.load_state_dict(clip.vision_model.state_dict())
-    model.model.language_model.load_state_dict(lm.model.state_dict())
-    model.lm_head.load_state_dict(lm.lm_head.state_dict())
-    del clip, lm
+    model.model.language_model.load_state_dict({k.removeprefix("model."): v for k, v in lm_state.items()
+                                                if k.startswith("model.")})  # fmt: skip
+    model.lm_head.load_state_dict({"weight": lm_state["lm_head.weight"]})
+    del clip, lm_state
     report.params |= {
         "vision_tower": count_params(model.model.vision_tower),
         "projector": count_params(model.model.multi_modal_projector),
@@ -278,7 +356,9 @@ def load_stage1(cfg: PipelineConfig, folder: Path) -> tuple[LlavaForConditionalG
     return model, processor, report
 
 
-def finetune_chat(cfg: PipelineConfig, model, processor, report: Report, out: Path) -> None:
+def finetune_chat(
+    cfg: PipelineConfig, model, processor, report: Report, out: Path, on_step: Callable[[], None] | None = None
+) -> None:
     """Stage 2, chat: projector + LM on the teacher's instruction data, with the grounding loss."""
     torch.manual_seed(cfg.seed)
     config, tokenizer = model.config, processor.tokenizer
@@ -293,7 +373,7 @@ def finetune_chat(cfg: PipelineConfig, model, processor, report: Report, out: Pa
         report.data["chat_rows"] = len(examples)
         ground = _grounding(cfg.stage2, examples, pictures, tokenizer, config, report, "chat")
         report.histories["stage2-chat"] = run_stage(
-            model, examples, feats, index, cfg.stage2, progress=cfg.progress, ground=ground
+            model, examples, feats, index, cfg.stage2, progress=cfg.progress, ground=ground, on_step=on_step
         )
         report.data["chat_records"] = len(records)
         report.data["chat_turns"] = sum(len(r["conversations"]) // 2 for r in records)
@@ -301,7 +381,9 @@ def finetune_chat(cfg: PipelineConfig, model, processor, report: Report, out: Pa
     save_report(out / CHAT_NAME, report)
 
 
-def finetune_sqa(cfg: PipelineConfig, model, processor, report: Report, out: Path) -> None:
+def finetune_sqa(
+    cfg: PipelineConfig, model, processor, report: Report, out: Path, on_step: Callable[[], None] | None = None
+) -> None:
     """From stage 1 again: projector + LM on ScienceQA-format problems and option look-ups, with grounding."""
     torch.manual_seed(cfg.seed)
     config, tokenizer = model.config, processor.tokenizer
@@ -333,7 +415,7 @@ def finetune_sqa(cfg: PipelineConfig, model, processor, report: Report, out: Pat
         report.data["sqa_rows"] = len(examples)
         ground = _grounding(cfg.sqa, examples, pictures, tokenizer, config, report, "sqa")
         report.histories["stage2-sqa"] = run_stage(
-            model, examples, feats, index, cfg.sqa, progress=cfg.progress, ground=ground
+            model, examples, feats, index, cfg.sqa, progress=cfg.progress, ground=ground, on_step=on_step
         )
         report.data["sqa_problems"] = len(problems)
         report.data["sqa_lookups"] = cfg.sqa_lookups
@@ -406,13 +488,21 @@ def main(argv: list[str] | None = None) -> int:
         help="start from the stage-1 model a --keep-stage1 run saved in DIR (same sizes; its stages' settings kept)",
     )  # fmt: skip
     p.add_argument("--only", choices=tuple(FINETUNES), help="train (and score) one of the two fine-tunes")
+    p.add_argument(
+        "--one-at-a-time", action="store_true",
+        help="no stages side by side (by default CLIP trains beside the LM and the two fine-tunes beside each other, "
+        "each on half the threads)",
+    )  # fmt: skip
     args = run_setup(p, argv)
     cfg = (PipelineConfig.smoke() if args.smoke else PipelineConfig()).reseed(args.seed)
     cfg.progress = cfg.progress and not args.quiet
     only = (args.only,) if args.only else tuple(FINETUNES)
     start = time.perf_counter()
     try:
-        report = train_all(cfg, args.out, keep_stage1=args.keep_stage1, from_stage1=args.from_stage1, only=only)
+        report = train_all(
+            cfg, args.out, keep_stage1=args.keep_stage1, from_stage1=args.from_stage1, only=only,
+            side_by_side=False if args.one_at_a_time else None,
+        )  # fmt: skip
     except ResumeError as e:
         p.error(str(e))
     if not args.no_eval:

@@ -90,9 +90,11 @@ def run_stage(
     eval_every: int = 0,
     progress: bool = True,
     ground: Sequence[Sequence[Target]] | None = None,
+    on_step: Callable[[], None] | None = None,
 ) -> History:
     """Train on `examples`, whose pictures' features are rows of `features` named by `feature_index`;
-    `ground[i]` are the grounding targets of `examples[i]` (needed when `cfg.ground_weight` > 0)."""
+    `ground[i]` are the grounding targets of `examples[i]` (needed when `cfg.ground_weight` > 0); `on_step` as
+    `llava.train.loop.train` takes it."""
     missing = {e.image for e in examples if e.image is not None and e.image not in feature_index}
     if missing:
         raise KeyError(f"{len(missing)} pictures have no cached features, e.g. {sorted(missing)[:3]}")
@@ -122,16 +124,16 @@ def run_stage(
             )
         return loss
 
-    history = train(model.parameters(), loss_fn, cfg.optim, cfg.name, evaluate, eval_every, progress)
+    history = train(model.parameters(), loss_fn, cfg.optim, cfg.name, evaluate, eval_every, progress, on_step)
     model.eval()
     return history
 
 
 def pretrain_lm(
     lm: LlamaForCausalLM, examples: Sequence[Example], batch_size: int, optim: OptimConfig, seed: int = 0,
-    progress: bool = True,
+    progress: bool = True, on_step: Callable[[], None] | None = None,
 ) -> History:  # fmt: skip
-    """Plain next-token pre-training of the language model on the text corpus."""
+    """Plain next-token pre-training of the language model on the text corpus (`on_step`: as `train` takes it)."""
     lm.train()
     batches = length_grouped_batches(examples, batch_size, random.Random(seed))
     pad = lm.config.pad_token_id
@@ -144,6 +146,6 @@ def pretrain_lm(
         logits = lm.lm_head(hidden[:, :-1][keep])
         return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
 
-    history = train(lm.parameters(), loss_fn, optim, "lm", progress=progress)
+    history = train(lm.parameters(), loss_fn, optim, "lm", progress=progress, on_step=on_step)
     lm.eval()
     return history

@@ -1,6 +1,7 @@
 """The whole recipe, from nothing to the two shipped checkpoints.
 
-    python -m llava.train.pipeline --out /tmp/run                # the full run (54 min on 2 bf16 cores, 85 on AVX2)
+    python -m llava.train.pipeline --out /tmp/run                # the full run: 67 min on 2 AVX-512 BF16 cores
+                                                                 # (stages side by side; ~120 on AVX2, one at a time)
     python -m llava.train.export --src /tmp/run --out checkpoints/   # bfloat16 weights, scored again
     python -m llava.train.pipeline --out /tmp/smoke --smoke      # every stage, tiny, for the tests
     python -m llava.train.pipeline --out /tmp/try --from-stage1 /tmp/run/stage1 --only chat   # a stage-2 recipe
@@ -11,6 +12,8 @@
 5. stage 2: projector + LM on instruction data, plus the grounding loss (llava.train.ground) -> chat
 6. from stage 1 again: projector + LM on ScienceQA-format data, grounding + option look-ups -> sqa
 7. held-out evaluation on both renderers, model cards and training curves written into each checkpoint folder.
+With 2 threads or more, 2 and 3 train side by side, as do 5 and 6 and their two evaluations, each in a process on
+half the threads (`llava.train.share`; `--one-at-a-time` turns it off).
 """
 
 from __future__ import annotations
@@ -429,26 +432,61 @@ def save_report(folder: Path, report: Report) -> None:
     (folder / REPORT_FILE).write_text(json.dumps(report.to_json(), indent=1))
 
 
-def evaluate_all(cfg: PipelineConfig, out: Path, report: Report, only: tuple[str, ...] = tuple(FINETUNES)) -> None:
-    """Score the checkpoints, loaded from disk as a worker loads them, on both renderers."""
+def evaluate_all(
+    cfg: PipelineConfig,
+    out: Path,
+    report: Report,
+    only: tuple[str, ...] = tuple(FINETUNES),
+    side_by_side: bool | None = None,
+) -> None:
+    """Score the checkpoints, loaded from disk as a worker loads them, on both renderers; the ScienceQA model
+    in a process beside the chat model's scoring when both are scored and `side_by_side` (default: 2 threads or
+    more): greedy decoding of one answer at a time hardly gains from a second thread."""
+    if side_by_side is None:
+        side_by_side = torch.get_num_threads() >= 2
+    with report.timed("eval"):
+        if "chat" in only and "sqa" in only and side_by_side:
+            with Beside(_score_sqa, cfg, out / SQA_NAME) as side:
+                report.evals[CHAT_NAME] = _score_chat(cfg, out / CHAT_NAME)
+                report.evals[SQA_NAME] = side.result()
+            return
+        if "chat" in only:
+            report.evals[CHAT_NAME] = _score_chat(cfg, out / CHAT_NAME)
+        if "sqa" in only:
+            report.evals[SQA_NAME] = _score_sqa(cfg, out / SQA_NAME)
+
+
+RENDERERS = ("primary", "alt")
+
+
+def _score_chat(cfg: PipelineConfig, folder: Path) -> dict[str, dict]:
+    """The chat checkpoint in `folder` on the held-out pictures of each renderer."""
     from llava.eval.chat import evaluate_chat
+    from llava.model.loader import load_pretrained
+
+    model = load_pretrained(folder, device="cpu")
+    return {
+        renderer: evaluate_chat(
+            model, cfg.eval_pictures, renderer, progress=cfg.progress, max_new_tokens=cfg.eval_max_new_tokens
+        ).to_json()
+        for renderer in RENDERERS
+    }
+
+
+def _score_sqa(cfg: PipelineConfig, folder: Path, on_step: Callable[[], None] | None = None) -> dict[str, dict]:
+    """The ScienceQA checkpoint in `folder` on the held-out problems of each renderer (`on_step`: unused, as
+    `llava.train.share.Beside` passes it)."""
     from llava.eval.sqa import evaluate_world_sqa
     from llava.model.loader import load_pretrained
 
-    budget = cfg.eval_max_new_tokens
-    with report.timed("eval"):
-        models = {key: load_pretrained(out / FINETUNES[key], device="cpu") for key in only}
-        for renderer in ("primary", "alt"):
-            if "chat" in models:
-                result = evaluate_chat(
-                    models["chat"], cfg.eval_pictures, renderer, progress=cfg.progress, max_new_tokens=budget
-                )
-                report.evals.setdefault(CHAT_NAME, {})[renderer] = result.to_json()
-            if "sqa" in models:
-                table = evaluate_world_sqa(
-                    models["sqa"], cfg.eval_problems, renderer, progress=cfg.progress, max_new_tokens=budget or 128
-                )
-                report.evals.setdefault(SQA_NAME, {})[renderer] = table.to_json()
+    model = load_pretrained(folder, device="cpu")
+    budget = cfg.eval_max_new_tokens or 128
+    return {
+        renderer: evaluate_world_sqa(
+            model, cfg.eval_problems, renderer, progress=cfg.progress, max_new_tokens=budget
+        ).to_json()
+        for renderer in RENDERERS
+    }
 
 
 def write_outputs(cfg: PipelineConfig, out: Path, report: Report, only: tuple[str, ...] = tuple(FINETUNES)) -> None:
@@ -506,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     except ResumeError as e:
         p.error(str(e))
     if not args.no_eval:
-        evaluate_all(cfg, args.out, report, only)
+        evaluate_all(cfg, args.out, report, only, side_by_side=False if args.one_at_a_time else None)
     earlier = sum(report.timings[k] for k in PRETRAINING) if args.from_stage1 else 0.0
     report.timings["total"] = earlier + time.perf_counter() - start  # a resumed run counts the stages it took
     write_outputs(cfg, args.out, report, only)

@@ -34,7 +34,7 @@ import torch
 from transformers import AutoProcessor, CLIPModel, LlamaForCausalLM, LlavaForConditionalGeneration
 from transformers.utils import logging as hf_logging
 
-from llava.data.build import Picture, instruct_records, make_pictures, sqa_pictures
+from llava.data.build import RENDERERS, Picture, instruct_records, make_pictures, sqa_pictures
 from llava.data.scienceqa import to_instruct
 from llava.data.sqa_world import check_maker_weights, check_shares, make_problems
 from llava.model.tiny import build_config, build_processor, save_checkpoint, train_tokenizer
@@ -454,9 +454,6 @@ def evaluate_all(
             report.evals[CHAT_NAME] = _score_chat(cfg, out / CHAT_NAME)
         if "sqa" in only:
             report.evals[SQA_NAME] = _score_sqa(cfg, out / SQA_NAME)
-
-
-RENDERERS = ("primary", "alt")
 
 
 def _score_chat(cfg: PipelineConfig, folder: Path) -> dict[str, dict]:

@@ -10,13 +10,14 @@ import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from llava.data.build import instruct_records, make_pictures
+from llava.train.attention import FLOAT32_SDPA
 from llava.train.features import llava_logits, vision_features
 from llava.train.ground import attention_logprobs, grounding_loss, grounding_targets
 from llava.train.pixels import normalize, to_uint8
 from llava.train.sequences import IGNORE, Example, collate, encode_record, pack, pack_by_picture
 
 
-@pytest.fixture(scope="module", params=["sdpa", "eager"])
+@pytest.fixture(scope="module", params=["sdpa", FLOAT32_SDPA, "eager"])
 def parts(tiny_ckpt, request):
     processor = AutoProcessor.from_pretrained(tiny_ckpt)
     model = LlavaForConditionalGeneration.from_pretrained(tiny_ckpt, attn_implementation=request.param).eval()

@@ -219,7 +219,12 @@ def write_card(folder: Path, name: str, report, smoke: bool = False) -> Path:
     made_tail = (
         f", then `python -m llava.train.export --src RUN --out checkpoints/{only}`" if stored != "float32" else ""
     )
-    precision = "bfloat16 autocast" if cfg["stage2"]["optim"]["bf16"] else "float32 (the CPU has no native bfloat16)"
+    optim = cfg["stage2"]["optim"]
+    precision = (
+        "bfloat16 autocast, attention in float32" if optim["bf16"] else "float32 (the CPU has no native bfloat16)"
+    )
+    if optim.get("compile"):
+        precision += ", the transformer layers compiled (torch.compile)"
     summary = cfg["clip"].get("summary_weight", 0)
     summary_line = (
         f" Every layer -2 patch also reads out, through a linear head dropped afterwards (weight {summary}), the scene's"

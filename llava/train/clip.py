@@ -44,6 +44,8 @@ from llava.data.world import (
     sample_scene,
 )
 from llava.model.tiny import COLORS, SHAPES, SIZES
+from llava.train.attention import training_attention
+from llava.train.compiled import compiled_layers
 from llava.train.loop import History, OptimConfig, train
 
 PERTURBATIONS = ("color", "shape", "size", "position", "count", "swap")
@@ -93,7 +95,7 @@ class ClipConfig:
 
     def __post_init__(self) -> None:
         if self.optim is None:
-            self.optim = OptimConfig(steps=600, lr=2e-3, warmup=60, weight_decay=0.1)
+            self.optim = OptimConfig(steps=600, lr=2e-3, warmup=60, weight_decay=0.1, compile=True)
 
 
 def build_clip(vision: CLIPVisionConfig, tokenizer, cfg: ClipConfig) -> CLIPModel:
@@ -495,4 +497,6 @@ def pretrain_clip(
     eval_every = max(1, -(-cfg.optim.steps // 4))  # four checks per run
     params = list(clip.parameters())
     params += [p for h in (head, center_head) if h is not None for p in h.parameters()]
-    return train(params, loss_fn, cfg.optim, "clip", evaluate, eval_every, progress, on_step)
+    layers = [*clip.vision_model.encoder.layers, *clip.text_model.encoder.layers]
+    with training_attention(clip), compiled_layers(layers, cfg.optim.compile):
+        return train(params, loss_fn, cfg.optim, "clip", evaluate, eval_every, progress, on_step)

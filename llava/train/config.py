@@ -39,11 +39,13 @@ class PipelineConfig:
     clip: ClipConfig = field(default_factory=ClipConfig)
     lm_batch: int = 32
     lm_optim: OptimConfig = field(  # 1800 steps: loss 0.27 around step 1200, 0.25 at the end; not worth 4.4 min
-        default_factory=lambda: OptimConfig(steps=1100, lr=1e-3, warmup=50, weight_decay=0.05)
+        default_factory=lambda: OptimConfig(steps=1100, lr=1e-3, warmup=50, weight_decay=0.05, compile=True)
     )
     stage1_pictures: int = 8000
     stage1: StageConfig = field(  # the loss is nearly flat from step ~100 (0.39 at 125-150, 0.36 at 250)
-        default_factory=lambda: StageConfig("stage1", 32, OptimConfig(steps=150, lr=2e-3, warmup=40), train_lm=False)
+        default_factory=lambda: StageConfig(
+            "stage1", 32, OptimConfig(steps=150, lr=2e-3, warmup=40, compile=True), train_lm=False
+        )
     )
     chat_pictures: int = 21000  # about one pass: 1500 steps x 14 rows
     # weights of scenes with 1..4 objects (None: uniform). (1, 2, 3, 4), tried from the shipped stage 1 together
@@ -68,7 +70,7 @@ class PipelineConfig:
             # mentions 95/98 -> 148/147, count 91/90.5 -> 93/94, count kind 95/90.5 -> 92.5/93.5, shape 99/100 ->
             # 99/96, colour and yes/no within 2 points; the loop 26.7 against 42.2 min on AVX2. Kept 1500: the
             # descriptions are a target
-            OptimConfig(steps=1500, lr=1e-3, warmup=60, weight_decay=0.0),
+            OptimConfig(steps=1500, lr=1e-3, warmup=60, weight_decay=0.0, compile=True),
             train_lm=True,
             ground_weight=0.3,  # where layers 0-1 look (llava.train.ground): colour 52 -> 93%
             # counting heads, from the shipped stage 1 against the same run without them (200 pictures, own/alt
@@ -175,7 +177,7 @@ class PipelineConfig:
             # 29/42); the stage 42.8 against 26.6 min on AVX2 (the loss was still falling at 800). lr 1e-3 at 800
             # steps: 81.3/79.0, no gain (colours and numbers +4, shapes -3/-4, text context 82 -> 76). 1800 steps with
             # 36,000 problems against 1200 with 24,000: about +4.5 points on three fresh draws (`sqa_problems`)
-            OptimConfig(steps=1800, lr=5e-4, warmup=40, weight_decay=0.0),
+            OptimConfig(steps=1800, lr=5e-4, warmup=40, weight_decay=0.0, compile=True),
             train_lm=True,
             ground_weight=0.6,  # words -> objects as in chat, and the letter's option look-up: 38 -> 85%
             # counting heads as in chat, from the shipped stage 1 against the same run without them (300 problems,

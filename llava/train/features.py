@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from transformers import LlavaForConditionalGeneration
 
+from llava.train.attention import takes_boolean_mask
 from llava.train.sequences import IGNORE, Batch, visible
 
 
@@ -71,7 +72,7 @@ def packed_mask(model: LlavaForConditionalGeneration, attention_mask: torch.Tens
     0.676 -> 0.735 s on 2 threads, 1.161 -> 1.298 on 1 (`python -m llava.train.bench --pictures 600 --steps 10`,
     AVX-512 BF16 EPYC), though it won alone on a 394-token batch (one layer, 125 -> 75 ms, in float32)."""
     see = visible(attention_mask, segments)[:, None]
-    if model.config.text_config._attn_implementation == "sdpa":
+    if takes_boolean_mask(model.config.text_config._attn_implementation):
         return see
     return torch.zeros(see.shape).masked_fill(~see, torch.finfo(torch.float32).min)
 

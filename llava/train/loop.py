@@ -32,6 +32,9 @@ class OptimConfig:
     # BF16 EPYC, 7ca9015) gave a chat model as good on the target kinds but with `where` 37 against 79% of the
     # float32-trained shipped weights, its chat stage again in float32 47%: see the README ("native bfloat16")
     bf16: bool | None = None
+    # the stage's transformer layers under torch.compile (llava.train.compiled): the full run's stages, not smoke
+    # (half a minute of compiling a stage)
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.bf16 is None:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from transformers import LlamaForCausalLM, LlavaForConditionalGeneration
 
+from llava.train.attention import training_attention
+from llava.train.compiled import compiled_layers
 from llava.train.features import llava_logits, next_token_loss
 from llava.train.ground import Target, check_heads, grounding_loss, grounding_targets, layers_needed
 from llava.train.loop import History, OptimConfig, train
@@ -124,7 +126,8 @@ def run_stage(
             )
         return loss
 
-    history = train(model.parameters(), loss_fn, cfg.optim, cfg.name, evaluate, eval_every, progress, on_step)
+    with training_attention(model), compiled_layers(model.model.language_model.layers, cfg.optim.compile):
+        history = train(model.parameters(), loss_fn, cfg.optim, cfg.name, evaluate, eval_every, progress, on_step)
     model.eval()
     return history
 
@@ -146,6 +149,7 @@ def pretrain_lm(
         logits = lm.lm_head(hidden[:, :-1][keep])
         return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
 
-    history = train(lm.parameters(), loss_fn, optim, "lm", progress=progress, on_step=on_step)
+    with training_attention(lm), compiled_layers(lm.model.layers, optim.compile):
+        history = train(lm.parameters(), loss_fn, optim, "lm", progress=progress, on_step=on_step)
     lm.eval()
     return history

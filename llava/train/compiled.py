@@ -34,8 +34,12 @@ def compiled_layers(layers: Sequence[torch.nn.Module], enabled: bool = True) -> 
         return
     for layer in layers:
         layer.forward = torch.compile(layer.forward, dynamic=True)
+    # the layers share their class's code, and each is a graph of its own (its index is a constant in it), in
+    # training and in evaluation: dynamo's default of 8 graphs a function ran the later ones eager
+    limit = max(torch._dynamo.config.recompile_limit, 4 * len(layers))
     try:
-        yield
+        with torch._dynamo.config.patch(recompile_limit=limit):
+            yield
     finally:
         for layer in layers:
             del layer.forward  # the instance attribute: the class's forward again

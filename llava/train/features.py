@@ -59,7 +59,11 @@ def llava_logits(
     deeper = keep_layers > 1
     mask = attention_mask if segments is None else packed_mask(model, attention_mask, segments)
     out = model.model.language_model(
-        inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, output_hidden_states=deeper
+        inputs_embeds=embeds,
+        attention_mask=mask,
+        position_ids=position_ids,
+        output_hidden_states=deeper,
+        use_cache=False,  # training: no key/value cache to fill
     )
     return out.last_hidden_state, out.hidden_states[:keep_layers] if deeper else (embeds,)
 

@@ -143,7 +143,8 @@ def pretrain_lm(
 
     def loss_fn(step: int) -> torch.Tensor:
         batch = collate([examples[i] for i in next(batches)], pad)
-        hidden = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+        hidden = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        hidden = hidden.last_hidden_state
         targets = batch.labels[:, 1:]
         keep = targets != IGNORE
         logits = lm.lm_head(hidden[:, :-1][keep])

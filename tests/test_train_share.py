@@ -91,3 +91,52 @@ def test_one_thread_cannot_be_shared():
             Beside(_weights)
     finally:
         torch.set_num_threads(before)
+
+
+def _steps_until_stopped(on_step) -> None:
+    """Beside: a stage that would train for a minute, calling `on_step` between its steps."""
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        on_step()
+        time.sleep(0.05)
+
+
+def _parent_of_a_side(pid_file: str) -> None:
+    """A training process that starts a side, writes the side's pid and waits to be killed."""
+    torch.set_num_threads(2)
+    with Beside(_steps_until_stopped) as side:
+        with open(pid_file, "w") as f:
+            f.write(str(side._process.pid))
+        side.result()
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a live process (an exited one that nobody reaped yet is a zombie: not running)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads process states from /proc")
+def test_a_side_ends_when_its_parent_is_killed(tmp_path):
+    import multiprocessing
+    import signal
+
+    pid_file = tmp_path / "side.pid"
+    parent = multiprocessing.get_context("spawn").Process(target=_parent_of_a_side, args=(str(pid_file),))
+    parent.start()
+    deadline = time.monotonic() + WAIT_S
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    side = int(pid_file.read_text())
+    os.kill(parent.pid, signal.SIGKILL)  # no clean exit: daemon children are not stopped for it
+    parent.join()
+    deadline = time.monotonic() + WAIT_S / 2
+    while time.monotonic() < deadline:
+        if not _running(side):
+            return  # gone: it noticed at its next step
+        time.sleep(0.1)
+    os.kill(side, signal.SIGKILL)
+    pytest.fail("the side process trained on after its parent was killed")

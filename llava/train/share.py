@@ -16,6 +16,7 @@ so the training thread itself must call it: `on_step`).
 from __future__ import annotations
 
 import multiprocessing
+import os
 import pickle
 import queue
 import traceback
@@ -43,7 +44,23 @@ class Widen:
             self.wide = True
 
 
-def _side(fn: Callable[..., Any], args: tuple, threads: int, total: int, parent_done, side_done, results) -> None:
+class Orphaned:
+    """The child's `on_step` hook: `Widen`, and an end to the child once its parent is gone. A daemon process
+    dies with a parent that exits, not with one killed (a signal, or the machine's memory killer): such a child
+    trained on alone for the rest of its stage, holding a core and writing into the parent's log."""
+
+    def __init__(self, widen: Widen, parent: int) -> None:
+        self.widen, self.parent = widen, parent
+
+    def __call__(self) -> None:
+        if os.getppid() != self.parent:
+            os._exit(1)  # nobody is left to take a result
+        self.widen()
+
+
+def _side(
+    fn: Callable[..., Any], args: tuple, threads: int, total: int, parent: int, parent_done, side_done, results
+) -> None:
     """The child process: `fn(*args, on_step=...)` on `threads` threads, its result (or error) put on `results`."""
     from transformers.utils import logging as hf_logging
 
@@ -53,7 +70,7 @@ def _side(fn: Callable[..., Any], args: tuple, threads: int, total: int, parent_
     try:
         # plain pickle, as bytes: the queue's own pickler would hand tensors over as shared memory that dies
         # with this process, which may end before the parent reads them
-        results.put(("ok", pickle.dumps(fn(*args, on_step=Widen(parent_done, total)))))
+        results.put(("ok", pickle.dumps(fn(*args, on_step=Orphaned(Widen(parent_done, total), parent)))))
     except BaseException:  # noqa: BLE001 - everything goes back to the parent, which raises it
         results.put(("error", traceback.format_exc()))
     finally:
@@ -74,7 +91,16 @@ class Beside:
         self._results = ctx.Queue()
         self._process = ctx.Process(
             target=_side,
-            args=(fn, args, self.total // 2, self.total, self._parent_done, self._side_done, self._results),
+            args=(
+                fn,
+                args,
+                self.total // 2,
+                self.total,
+                os.getpid(),
+                self._parent_done,
+                self._side_done,
+                self._results,
+            ),
             name=f"beside-{getattr(fn, '__name__', 'fn')}",
             daemon=True,
         )

@@ -220,9 +220,9 @@ def write_card(folder: Path, name: str, report, smoke: bool = False) -> Path:
         f", then `python -m llava.train.export --src RUN --out checkpoints/{only}`" if stored != "float32" else ""
     )
     optim = cfg["stage2"]["optim"]
-    precision = (
-        "bfloat16 autocast, attention in float32" if optim["bf16"] else "float32 (the CPU has no native bfloat16)"
-    )
+    precision = "bfloat16 autocast" if optim["bf16"] else "float32 (the CPU has no native bfloat16)"
+    if optim["bf16"] and "compile" in optim:  # reports since b4c60e1, whose stages attend in float32
+        precision += ", attention in float32"
     if optim.get("compile"):
         precision += ", the transformer layers compiled (torch.compile)"
     summary = cfg["clip"].get("summary_weight", 0)

@@ -4,7 +4,7 @@ At our sizes a step is many small operations, and eager PyTorch runs each elemen
 embedding, SiLU, autocast's casts) as a pass over memory of its own; inductor fuses them into C++ loops. The
 matrix products stay torch's. Each layer's `forward` is compiled with dynamic shapes (every batch has its own
 length) and put back when the block ends, so generation and saving see the plain modules. The first steps of a
-stage pay for the compilation (about half a minute a process); inductor caches the kernels on disk.
+stage pay for the compilation (half a minute to a minute a process on a cold cache); inductor caches the kernels on disk.
 """
 
 from __future__ import annotations

@@ -67,6 +67,11 @@ def test_pack_refuses_records_of_other_pictures(parts):
     assert pack(examples[:1]) is examples[0]
     text = Example([1, 5, 6], [IGNORE, 5, 6], None)
     assert pack_by_picture([text, *examples[:2]])[0] is text
+    assert text.prefix == 0 and text.positions() == [0, 1, 2]
+    gap = Example([1, 2, 3, 4], [IGNORE] * 4, "p", (text, text, text), (0, 1, 1, 3))  # member 2 has no token
+    assert gap.prefix == 1 and gap.packed_index(2, 1) == 3
+    with pytest.raises(ValueError, match="segment 2 has no token"):
+        gap.packed_index(1, 1)
 
 
 def test_packed_logits_are_each_records_own(parts):

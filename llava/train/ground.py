@@ -56,18 +56,20 @@ the model should find it.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy
 import torch
 from transformers import LlavaForConditionalGeneration
 from transformers.models.llama.modeling_llama import rotate_half
 
 from llava.data.world import Scene, furthest
 from llava.model.tiny import COLORS, SHAPES, SIZES
-from llava.train.clip import box_cover
+from llava.train.clip import box_cover as _box_cover
 from llava.train.sequences import IGNORE, Example
 
 SHAPE_HEAD, COLOR_HEAD = (0, 0), (0, 1)  # (layer, head) that learn to look from shape / colour words
@@ -216,6 +218,10 @@ def word_looks(ids: Sequence[int], begin: int, things: Sequence, words: dict[int
         yield pos + 1, NEXT_HEAD, named if absent else named or objects
 
 
+# a picture's boxes come back in many combinations; the covers are only read
+box_cover = functools.lru_cache(maxsize=1 << 16)(_box_cover)
+
+
 # Targets share their weights (read-only): a picture's objects are looked up by many words, and building the
 # same few tensors anew for every one of them took most of the time targets take (13 min for 84,000 records)
 @functools.lru_cache(maxsize=1 << 16)
@@ -309,12 +315,17 @@ def described_objects(example: Example, pieces: TokenText) -> tuple[list[_Told],
 def _spread(groups: Sequence[Sequence[int]], start: int, end: int, first_token: bool = False) -> torch.Tensor | None:
     """Weights over positions start..end-1: each group of positions an equal share, spread evenly in it (with
     `first_token`, position 0 one more share, as the counting heads' targets); start must be 0 then."""
-    weights = torch.zeros(end - start)
+    # summed in float32 as tensor additions would (a position twice in a group takes its share once), in Python:
+    # one small tensor made per target, not one indexing per group
+    weights = [numpy.float32(0.0)] * (end - start)
     for group in groups:
-        weights[[k - start for k in group]] += 1 / len(group)
+        share = numpy.float32(1 / len(group))
+        for k in set(group):
+            weights[k - start] += share
     if first_token:
-        weights[0] += 1.0
-    return weights / weights.sum() if weights.sum() > 0 else None
+        weights[0] += numpy.float32(1.0)
+    out = torch.tensor(numpy.array(weights, dtype=numpy.float32))
+    return out / out.sum() if out.sum() > 0 else None
 
 
 def described_targets(
@@ -464,8 +475,10 @@ class TokenText:
 
 
 def _tokens(starts: list[int], begin: int, end: int) -> list[int]:
-    """Tokens overlapping characters begin..end-1."""
-    return [k for k in range(len(starts) - 1) if starts[k] < end and starts[k + 1] > begin]
+    """Tokens overlapping characters begin..end-1: k with starts[k] < end and starts[k + 1] > begin (`starts`
+    never falls, so both hold over one run of k)."""
+    first = max(bisect.bisect_right(starts, begin) - 1, 0)
+    return list(range(first, min(bisect.bisect_left(starts, end), len(starts) - 1)))
 
 
 def _uniform(position: int, layer_head: tuple[int, int], keys: list[int]) -> Target:

@@ -12,9 +12,10 @@ alone, at a fraction of the cost.
 
 from __future__ import annotations
 
+import bisect
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -32,11 +33,26 @@ class Example:
     # packed rows (`pack`): the records, and each token's segment: 0 the shared prefix, k the k-th record's own
     members: tuple[Example, ...] = ()
     segments: tuple[int, ...] = ()
+    # where each segment starts (index k: segment k), -1 where it has no token: looking a member's tokens up is
+    # what building grounding targets for packed rows does millions of times
+    _starts: tuple[int, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        starts = [-1] * (max(self.segments, default=-1) + 1)
+        for k, segment in enumerate(self.segments):
+            if starts[segment] < 0:
+                starts[segment] = k
+        object.__setattr__(self, "_starts", tuple(starts))
+
+    def _start(self, segment: int) -> int:
+        if segment >= len(self._starts) or self._starts[segment] < 0:
+            raise ValueError(f"segment {segment} has no token in this row")
+        return self._starts[segment]
 
     @property
     def prefix(self) -> int:
         """Tokens every member shares (0 when not packed)."""
-        return self.segments.index(1) if self.segments else 0
+        return self._start(1) if self.segments else 0
 
     def positions(self) -> list[int]:
         """Each token's position: in a packed row, where it stands in its own record."""
@@ -48,7 +64,7 @@ class Example:
         """Where token `index` of member `member` (0-based) stands in this packed row."""
         if index < self.prefix:
             return index
-        return self.segments.index(member + 1) + index - self.prefix
+        return self._start(member + 1) + index - self.prefix
 
 
 def render_with_spans(conversations: list[dict], template: str = "llava_v0") -> tuple[str, list[tuple[int, int]]]:
@@ -73,18 +89,22 @@ def render_with_spans(conversations: list[dict], template: str = "llava_v0") -> 
 def encode_record(record: dict, tokenizer, n_image_tokens: int, template: str = "llava_v0") -> Example:
     """Token ids (image token expanded) and assistant-only labels of one LLaVA-Instruct record."""
     text, spans = render_with_spans(record["conversations"], template)
-    if IMAGE_TOKEN in text:
-        # expanding shifts every span after the image token by the same amount
-        at = text.index(IMAGE_TOKEN)
-        extra = len(IMAGE_TOKEN) * (n_image_tokens - 1)
-        text = text.replace(IMAGE_TOKEN, IMAGE_TOKEN * n_image_tokens, 1)
-        spans = [(s + extra, e + extra) if s > at else (s, e) for s, e in spans]
+    # `<image>` is a special token, split off before the rest is tokenized: the text is tokenized with it once
+    # and its token repeated after, as the processor's n copies would tokenize (and at half the cost)
     enc = tokenizer(text, return_offsets_mapping=True)
+    span_starts = [s for s, _ in spans]  # the assistant's spans, in order and apart
     labels = []
     for token, (start, end) in zip(enc.input_ids, enc.offset_mapping, strict=True):
-        inside = end > start and any(s <= start < e for s, e in spans)
+        k = bisect.bisect_right(span_starts, start) - 1
+        inside = end > start and k >= 0 and start < spans[k][1]
         labels.append(token if inside else IGNORE)
-    return Example(enc.input_ids, labels, record.get("image"))
+    ids = enc.input_ids
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) if IMAGE_TOKEN in text else None
+    if image_id is not None and image_id in ids:  # the first one, as the processor expands
+        at = ids.index(image_id)
+        ids = ids[:at] + [image_id] * n_image_tokens + ids[at + 1 :]
+        labels = labels[:at] + [labels[at]] * n_image_tokens + labels[at + 1 :]
+    return Example(ids, labels, record.get("image"))
 
 
 def pack(examples: Sequence[Example]) -> Example:

@@ -133,7 +133,9 @@ def stage_table(report, final_stage: str) -> str:
                      f"| {name} | {what} | {trained} | {size} | {lr} | — |")  # fmt: skip
     if "total" in report.timings:
         made = "both checkpoints" if trained_both(report) else "this checkpoint alone"
-        scored = "evaluation included" if "eval" in report.timings else "no evaluation"  # a run made with --no-eval
+        # a run made with --no-eval has none; fine-tunes trained side by side are scored as each ends ("eval-chat")
+        evaluated = any(k == "eval" or k.startswith("eval-") for k in report.timings)
+        scored = "evaluation included" if evaluated else "no evaluation"
         lines.append(f"| **whole pipeline** ({made}, {scored}) | | | | | {report.timings['total'] / 60:.1f} |")
     pairs = [" and ".join(pair) for pair in cfg.get("side_by_side", []) if final_stage in pair or "clip" in pair]
     if pairs:

@@ -193,12 +193,14 @@ def train_all(
     from_stage1: Path | None = None,
     only: tuple[str, ...] = tuple(FINETUNES),
     side_by_side: bool | None = None,
+    evaluate: bool = False,
 ) -> Report:
     """Run stages 1-6 (or load 1-4 from `from_stage1`, a folder `keep_stage1` wrote); the checkpoints of the
     fine-tunes in `only` are saved under `out`, and the stage-1 model under `out/stage1` if `keep_stage1`, to try
     stage-2 recipes from without the hour before it. `side_by_side` (default: with 2 threads or more) trains
     CLIP beside the LM and the ScienceQA fine-tune beside the chat one (`llava.train.share`); the same data,
-    seeds and steps as one at a time."""
+    seeds and steps as one at a time. With `evaluate`, fine-tunes trained side by side are scored each as soon
+    as it is saved (`finetune_both`); `evaluate_all` scores what is left."""
     check_maker_weights(cfg.sqa_maker_weights)  # now, not after the hour of pre-training
     check_shares(cfg.sqa_fact_share)
     if side_by_side is None:
@@ -209,7 +211,8 @@ def train_all(
         model, processor, report = load_stage1(cfg, from_stage1)
     both = "chat" in only and "sqa" in only
     if both and side_by_side:
-        finetune_both(cfg, model, processor, report, out, from_stage1 or (out / "stage1" if keep_stage1 else None))
+        saved = from_stage1 or (out / "stage1" if keep_stage1 else None)
+        finetune_both(cfg, model, processor, report, out, saved, evaluate)
         return report
     after_stage1 = {k: v.clone() for k, v in model.state_dict().items()} if both else None
     if "chat" in only:
@@ -221,31 +224,50 @@ def train_all(
     return report
 
 
-def finetune_both(cfg: PipelineConfig, model, processor, report: Report, out: Path, saved: Path | None) -> None:
+def finetune_both(
+    cfg: PipelineConfig, model, processor, report: Report, out: Path, saved: Path | None, evaluate: bool = False
+) -> None:
     """The chat fine-tune here and the ScienceQA one beside it, in a process of its own that starts from stage 1
-    as saved on disk (`saved`, else a copy written under `out` for the time it takes)."""
+    as saved on disk (`saved`, else a copy written under `out` for the time it takes). With `evaluate`, each
+    side scores its checkpoint once saved: the chat fine-tune ends first, and its scoring runs beside the rest
+    of the ScienceQA one (on its own thread still) instead of after it."""
     folder = saved if saved is not None else out / ".stage1-for-sqa"
     if saved is None:
         save_checkpoint(model, processor, folder)
     try:
-        with Beside(_finetune_sqa_from, cfg, folder, report, out) as side:
+        with Beside(_finetune_sqa_from, cfg, folder, report, out, evaluate) as side:
             finetune_chat(cfg, model, processor, report, out, on_step=side.on_step)
+            if evaluate:
+                with report.timed("eval-chat"):
+                    report.evals[CHAT_NAME] = _score_chat(cfg, out / CHAT_NAME)
             report.add(side.result())
     finally:
         if saved is None:
             shutil.rmtree(folder, ignore_errors=True)
     report.beside("stage2-chat", "stage2-sqa")
+    if evaluate:
+        report.beside("eval-chat", "stage2-sqa")
     save_report(out / CHAT_NAME, report)
     save_report(out / SQA_NAME, report)
 
 
 def _finetune_sqa_from(
-    cfg: PipelineConfig, folder: Path, report: Report, out: Path, on_step: Callable[[], None] | None = None
+    cfg: PipelineConfig,
+    folder: Path,
+    report: Report,
+    out: Path,
+    evaluate: bool = False,
+    on_step: Callable[[], None] | None = None,
 ) -> Report:
-    """In the process beside the chat fine-tune: the ScienceQA fine-tune from the stage-1 model in `folder`."""
+    """In the process beside the chat fine-tune: the ScienceQA fine-tune from the stage-1 model in `folder`,
+    then (`evaluate`) its scores."""
     processor = AutoProcessor.from_pretrained(folder)
     model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)
     finetune_sqa(cfg, model, processor, report, out, on_step=on_step)
+    if evaluate:
+        del model  # the scores are the saved checkpoint's, loaded as a worker loads it
+        with report.timed("eval-sqa"):
+            report.evals[SQA_NAME] = _score_sqa(cfg, out / SQA_NAME)
     return report
 
 
@@ -440,11 +462,15 @@ def evaluate_all(
     only: tuple[str, ...] = tuple(FINETUNES),
     side_by_side: bool | None = None,
 ) -> None:
-    """Score the checkpoints, loaded from disk as a worker loads them, on both renderers; the ScienceQA model
-    in a process beside the chat model's scoring when both are scored and `side_by_side` (default: 2 threads or
-    more): greedy decoding of one answer at a time hardly gains from a second thread."""
+    """Score the checkpoints of `only` not scored yet (`train_all` with `evaluate` scores fine-tunes it trained side
+    by side), loaded from disk as a worker loads them, on both renderers; the ScienceQA model in a process beside
+    the chat model's scoring when both are scored and `side_by_side` (default: 2 threads or more): greedy
+    decoding of one answer at a time hardly gains from a second thread."""
     if side_by_side is None:
         side_by_side = torch.get_num_threads() >= 2
+    only = tuple(key for key in only if FINETUNES[key] not in report.evals)
+    if not only:
+        return
     with report.timed("eval"):
         if "chat" in only and "sqa" in only and side_by_side:
             with Beside(_score_sqa, cfg, out / SQA_NAME) as side:
@@ -537,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = train_all(
             cfg, args.out, keep_stage1=args.keep_stage1, from_stage1=args.from_stage1, only=only,
-            side_by_side=False if args.one_at_a_time else None,
+            side_by_side=False if args.one_at_a_time else None, evaluate=not args.no_eval,
         )  # fmt: skip
     except ResumeError as e:
         p.error(str(e))

@@ -2,6 +2,7 @@
 
     python -m llava.train.bench --pictures 1500 --steps 15
     python -m llava.train.bench --per-picture 1 --no-pack --batch 32   # another layout of the same data
+    python -m llava.train.bench --no-compile                           # plain layers (the full run compiles)
 
 Seconds per 1000 trained tokens (answers and their stops) compare layouts: packing a picture's records into
 one row (`llava.train.sequences.pack`) trains more of them per second than one record a row.
@@ -10,7 +11,8 @@ Random weights: the time of a step does not depend on what the model knows, so n
 The sequences, batch size and grounding targets are the full run's (`PipelineConfig`). The FLOPs are
 torch's count of the same steps' matrix products (forward and backward; the optimiser's elementwise work is
 not counted), so FLOP/s against a plain matmul's, in the precision the steps train in, says how near the
-CPU's limit a step runs.
+CPU's limit a step runs. Steps train as the full run's do: attention in float32, the layers compiled unless
+`--no-compile`; the first `--warmup` steps (compilation, first allocations) are timed apart.
 """
 
 from __future__ import annotations
@@ -38,14 +40,18 @@ from llava.train.stages import run_stage, stage_targets
 
 @dataclass(frozen=True, slots=True)
 class StepCost:
-    seconds: float  # mean wall time of a step
+    seconds: float  # mean wall time of a step after the warm-up
     flops: float  # mean counted FLOPs of a step
     trained: float  # mean tokens with a loss in a step's batch (answers and their stops)
+    warmup: float = 0.0  # wall time of the warm-up steps together (compiling the layers, if they are)
 
 
-def step_costs(pictures: int, steps: int, seed: int = 0, cfg: PipelineConfig | None = None) -> dict[str, StepCost]:
-    """Mean cost per step of the chat stage, {"no grounding": ..., "grounding": ...}: the same batches are
-    run twice, once counting FLOPs (slower) and once timed."""
+def step_costs(
+    pictures: int, steps: int, seed: int = 0, cfg: PipelineConfig | None = None, warmup: int = 2
+) -> dict[str, StepCost]:
+    """Mean cost per step of the chat stage, {"no grounding": ..., "grounding": ...}: the same `warmup` + `steps`
+    batches are run twice, once counting FLOPs on plain layers (slower; compiled code runs past the counter, and
+    compiling fuses elementwise work, not matmuls) and once timed, compiled if the stage is."""
     cfg = cfg or PipelineConfig()
     sizes = cfg.sizes
     tokenizer = train_tokenizer(build_corpus(500, 100, seed, 500), sizes.vocab_size)
@@ -65,16 +71,29 @@ def step_costs(pictures: int, steps: int, seed: int = 0, cfg: PipelineConfig | N
     scenes = {p.name: p.scene for p in chosen}
     ground = stage_targets(cfg.stage2, examples, scenes, tokenizer, config)
     out = {}
+    compile = cfg.stage2.optim.compile
     for name, weight in (("no grounding", 0.0), ("grounding", cfg.stage2.ground_weight)):
-        stage = replace(cfg.stage2, name=name, optim=OptimConfig(steps=steps, lr=1e-4, warmup=1), ground_weight=weight)
         counter = FlopCounterMode(display=False)
         for mode in (counter, nullcontext()):  # counting slows a step down: the second run is the timed one
+            optim = OptimConfig(steps=warmup + steps, lr=1e-4, warmup=1, compile=compile and mode is not counter)
+            stage = replace(cfg.stage2, name=name, optim=optim, ground_weight=weight)
             model.load_state_dict(start_state)
-            start = time.perf_counter()
+            stamps: list[float] = []  # before each step
             with mode:
-                run_stage(model, examples, feats, index, stage, progress=False, ground=ground if weight else None)
-        out[name] = StepCost((time.perf_counter() - start) / steps, counter.get_total_flops() / steps, trained)
+                run_stage(
+                    model, examples, feats, index, stage, progress=False, ground=ground if weight else None,
+                    on_step=_stamper(stamps),
+                )  # fmt: skip
+            stamps.append(time.perf_counter())
+        seconds = (stamps[-1] - stamps[warmup]) / steps
+        flops = counter.get_total_flops() / (warmup + steps)
+        out[name] = StepCost(seconds, flops, trained, stamps[warmup] - stamps[0])
     return out
+
+
+def _stamper(stamps: list[float]):
+    """An `on_step` hook that notes when each step starts."""
+    return lambda: stamps.append(time.perf_counter())
 
 
 def matmul_flops_per_second(size: int = 1024, repeats: int = 20) -> float:
@@ -98,17 +117,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-picture", type=int, help="records a picture (default: the full run's)")
     p.add_argument("--pack", action=argparse.BooleanOptionalAction, help="a picture's records in one row")
     p.add_argument("--batch", type=int, help="rows a step (default: the full run's)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="compiled layers (default: the full run's)")
+    p.add_argument("--warmup", type=int, default=2, help="steps before the timed ones (compiling, if the layers are)")
     args = p.parse_args(argv)
-    if args.pictures < 1 or args.steps < 1 or min(args.per_picture or 1, args.batch or 1) < 1:
-        p.error("--pictures, --steps, --per-picture and --batch must be at least 1")
+    if args.pictures < 1 or args.steps < 1 or min(args.per_picture or 1, args.batch or 1) < 1 or args.warmup < 0:
+        p.error("--pictures, --steps, --per-picture and --batch must be at least 1, --warmup at least 0")
     cfg = PipelineConfig()
     cfg.chat_per_picture = args.per_picture or cfg.chat_per_picture
     cfg.stage2.pack = cfg.stage2.pack if args.pack is None else args.pack
     cfg.stage2.batch_size = args.batch or cfg.stage2.batch_size
+    cfg.stage2.optim.compile = cfg.stage2.optim.compile if args.compile is None else args.compile
     hf_logging.set_verbosity_error()
     torch.set_num_threads(args.threads)
     before = matmul_flops_per_second()  # a shared machine's speed drifts: the bar is taken on both sides
-    costs = step_costs(args.pictures, args.steps, cfg=cfg)
+    costs = step_costs(args.pictures, args.steps, cfg=cfg, warmup=args.warmup)
     after = matmul_flops_per_second()
     peak = max(before, after)
     base = costs["no grounding"].seconds
@@ -130,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         f"rows of {cfg.chat_per_picture} record(s) a picture{', packed' if cfg.stage2.pack else ''}, "
         f"{cfg.stage2.batch_size} a step"
     )
+    warm = ", ".join(f"{name} {cost.warmup:.1f} s" for name, cost in costs.items())
+    layers = "compiled layers" if cfg.stage2.optim.compile else "plain layers"
+    print(f"{layers}, attention in float32; the {args.warmup} warm-up steps before the timed ones: {warm}")
     return 0
 
 

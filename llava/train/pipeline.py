@@ -1,6 +1,6 @@
 """The whole recipe, from nothing to the two shipped checkpoints.
 
-    python -m llava.train.pipeline --out /tmp/run                # the full run: 60.4 min on 2 AVX-512 BF16 cores
+    python -m llava.train.pipeline --out /tmp/run                # the full run: 54.1 min on 2 AVX-512 BF16 cores
                                                                  # (stages side by side, layers compiled, evaluation
                                                                  # included; ~120 on AVX2 one at a time, uncompiled)
     python -m llava.train.export --src /tmp/run --out checkpoints/   # bfloat16 weights, scored again
@@ -13,8 +13,9 @@
 5. stage 2: projector + LM on instruction data, plus the grounding loss (llava.train.ground) -> chat
 6. from stage 1 again: projector + LM on ScienceQA-format data, grounding + option look-ups -> sqa
 7. held-out evaluation on both renderers, model cards and training curves written into each checkpoint folder.
-With 2 threads or more, 2 and 3 train side by side, as do 5 and 6 and their two evaluations, each in a process on
-half the threads (`llava.train.share`; `--one-at-a-time` turns it off).
+With 2 threads or more, 2 and 3 train side by side, as do 5 and 6, each in a process on half the threads
+(`llava.train.share`; `--one-at-a-time` turns it off); each of 5 and 6 is scored as soon as it is saved, the chat
+model beside the rest of the ScienceQA fine-tune.
 """
 
 from __future__ import annotations

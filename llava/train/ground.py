@@ -69,7 +69,7 @@ from transformers.models.llama.modeling_llama import rotate_half
 
 from llava.data.world import Scene, furthest
 from llava.model.tiny import COLORS, SHAPES, SIZES
-from llava.train.clip import box_cover as _box_cover
+from llava.train.clip import box_cover
 from llava.train.sequences import IGNORE, Example
 
 SHAPE_HEAD, COLOR_HEAD = (0, 0), (0, 1)  # (layer, head) that learn to look from shape / colour words
@@ -219,14 +219,14 @@ def word_looks(ids: Sequence[int], begin: int, things: Sequence, words: dict[int
 
 
 # a picture's boxes come back in many combinations; the covers are only read
-box_cover = functools.lru_cache(maxsize=1 << 16)(_box_cover)
+_box_cover = functools.lru_cache(maxsize=1 << 16)(box_cover)
 
 
 # Targets share their weights (read-only): a picture's objects are looked up by many words, and building the
 # same few tensors anew for every one of them took most of the time targets take (13 min for 84,000 records)
 @functools.lru_cache(maxsize=1 << 16)
 def _cover_of(boxes: tuple[tuple[float, float, float, float], ...], grid: int) -> torch.Tensor:
-    cover = sum(box_cover(box, grid) for box in boxes)
+    cover = sum(_box_cover(box, grid) for box in boxes)
     return cover / cover.sum()
 
 
@@ -239,7 +239,7 @@ def _counted_of(boxes: tuple[tuple[float, float, float, float], ...], grid: int,
     weights = torch.zeros(image_start + grid * grid)
     weights[0] = 1.0
     for box in boxes:
-        cover = box_cover(box, grid)
+        cover = _box_cover(box, grid)
         weights[image_start:] += cover / cover.sum()
     return weights / weights.sum()
 

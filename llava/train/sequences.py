@@ -98,9 +98,8 @@ def encode_record(record: dict, tokenizer, n_image_tokens: int, template: str = 
         k = bisect.bisect_right(span_starts, start) - 1
         inside = end > start and k >= 0 and start < spans[k][1]
         labels.append(token if inside else IGNORE)
-    ids = enc.input_ids
-    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) if IMAGE_TOKEN in text else None
-    if image_id is not None and image_id in ids:  # the first one, as the processor expands
+    ids, image_id = enc.input_ids, tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    if IMAGE_TOKEN in text and image_id in ids:  # the first one, as the processor expands
         at = ids.index(image_id)
         ids = ids[:at] + [image_id] * n_image_tokens + ids[at + 1 :]
         labels = labels[:at] + [labels[at]] * n_image_tokens + labels[at + 1 :]

@@ -16,7 +16,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from llava.train.config import PipelineConfig
 from llava.train.loop import OptimConfig, fast_bf16, train
-from llava.train.pipeline import code_version, train_all
+from llava.train.pipeline import code_version, host_speed, train_all
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,6 +80,19 @@ def test_smoke_checkpoints_load_with_plain_transformers(smoke, name):
     commit = subprocess.run(git, cwd=REPO, capture_output=True, text=True).stdout.strip()
     assert report["config"]["code"] == code_version() and report["config"]["code"].startswith(commit or "unknown")
     assert f"code at {code_version()})" in card
+    # and the host's speed at both ends of the run: the minutes compare only at like speeds
+    host = report["config"]["host_matmul"]
+    assert host["dtype"] == ("bfloat16" if fast_bf16() else "float32")
+    assert host["gflops_start"] > 0 and host["gflops_end"] > 0
+    assert f"matmul on one thread: {host['gflops_start']:g} GFLOP/s at the start of the run" in card
+
+
+def test_host_speed_leaves_the_threads_and_the_random_state_alone():
+    # taken before the first stage: torch's generator must stay where the seed put it, or the weights change
+    torch.manual_seed(3)
+    state, threads = torch.get_rng_state(), torch.get_num_threads()
+    assert host_speed(probes=1) > 0
+    assert torch.equal(torch.get_rng_state(), state) and torch.get_num_threads() == threads
 
 
 @pytest.mark.slow

@@ -32,7 +32,7 @@ from llava.data.build import instruct_records, make_pictures
 from llava.model.tiny import build_config, build_processor, train_tokenizer
 from llava.train.config import PipelineConfig
 from llava.train.corpus import build_corpus
-from llava.train.loop import OptimConfig, fast_bf16
+from llava.train.loop import OptimConfig, fast_bf16, matmul_flops_per_second
 from llava.train.pipeline import _encode, _features
 from llava.train.sequences import IGNORE, pack_by_picture
 from llava.train.stages import run_stage, stage_targets
@@ -94,19 +94,6 @@ def step_costs(
 def _stamper(stamps: list[float]):
     """An `on_step` hook that notes when each step starts."""
     return lambda: stamps.append(time.perf_counter())
-
-
-def matmul_flops_per_second(size: int = 1024, repeats: int = 20) -> float:
-    """What a plain `size` x `size` matmul reaches with torch's threads, autocast as training is (bf16 where the
-    CPU does it natively, else float32): the bar for a step."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast_bf16()):
-        for _ in range(3):
-            a @ b
-        start = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        return repeats * 2 * size**3 / (time.perf_counter() - start)
 
 
 def main(argv: list[str] | None = None) -> int:

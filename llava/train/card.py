@@ -169,6 +169,18 @@ def question_weights(weights: dict[str, float] | None, fact_share: float = FACT_
     return "; " + ", ".join(kinds) if kinds else ""
 
 
+def host_line(cfg: dict) -> str:
+    """The host's speed at the start and the end of the run (`pipeline.host_speed`); empty for reports before it."""
+    host = cfg.get("host_matmul")
+    if not host:
+        return ""
+    return (
+        f" The host's 1024x1024 {host['dtype']} matmul on one thread: {host['gflops_start']:g} GFLOP/s at the start"
+        f" of the run, {host['gflops_end']:g} at the end (a shared machine's speed drifts: minutes compare at like"
+        " speeds)."
+    )
+
+
 def write_card(folder: Path, name: str, report, smoke: bool = False) -> Path:
     cfg, sizes = report.config, report.config["sizes"]
     is_chat = name.endswith("chat")
@@ -328,7 +340,7 @@ Weights: {mb:.1f} MB ({stored} safetensors{", exported from the float32 run by `
 
 {stage_table(report, stage)}
 
-Measured on {report.config.get("machine", "2 CPU cores")}, in {precision}.
+Measured on {report.config.get("machine", "2 CPU cores")}, in {precision}.{host_line(report.config)}
 
 ![training curves](training_curves.png)
 

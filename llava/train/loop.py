@@ -19,6 +19,20 @@ def fast_bf16() -> bool:
         return False
 
 
+def matmul_flops_per_second(size: int = 1024, repeats: int = 20) -> float:
+    """What a plain `size` x `size` matmul reaches with torch's threads, autocast as training is (bf16 where the
+    CPU does it natively, else float32): the bar for a step. Its own random generator: torch's stays untouched."""
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(size, size, generator=generator), torch.randn(size, size, generator=generator)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast_bf16()):
+        for _ in range(3):
+            a @ b
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        return repeats * 2 * size**3 / (time.perf_counter() - start)
+
+
 @dataclass(slots=True)
 class OptimConfig:
     steps: int  # optimiser steps (one batch each)

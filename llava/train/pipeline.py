@@ -45,7 +45,7 @@ from llava.train.config import PipelineConfig
 from llava.train.corpus import build_corpus, lookup_record
 from llava.train.features import vision_features
 from llava.train.ground import Target
-from llava.train.loop import History
+from llava.train.loop import History, fast_bf16, matmul_flops_per_second
 from llava.train.pixels import normalize, to_uint8
 from llava.train.sequences import Example, encode_record, encode_text, pack_by_picture
 from llava.train.share import Beside
@@ -139,6 +139,19 @@ def machine() -> str:
         (line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")), "a CPU"
     )
     return f"{torch.get_num_threads()} threads of {name} ({torch.backends.cpu.get_cpu_capability()})"
+
+
+def host_speed(probes: int = 3) -> float:
+    """GFLOP/s of a 1024x1024 matmul on one thread, autocast as training is (the median of `probes`): the host's
+    speed, taken at the start and the end of a run. A shared machine drifts (the same code's fine-tune loops ran
+    1.16 and 1.32 s a step on two days), and the card's minutes only compare at like speeds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rates = sorted(matmul_flops_per_second() for _ in range(probes))
+    finally:
+        torch.set_num_threads(threads)
+    return round(rates[len(rates) // 2] / 1e9, 1)
 
 
 def code_version() -> str:
@@ -560,6 +573,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = (PipelineConfig.smoke() if args.smoke else PipelineConfig()).reseed(args.seed)
     cfg.progress = cfg.progress and not args.quiet
     only = (args.only,) if args.only else tuple(FINETUNES)
+    speed = host_speed()
     start = time.perf_counter()
     try:
         report = train_all(
@@ -572,9 +586,13 @@ def main(argv: list[str] | None = None) -> int:
         evaluate_all(cfg, args.out, report, only, side_by_side=False if args.one_at_a_time else None)
     earlier = sum(report.timings[k] for k in PRETRAINING) if args.from_stage1 else 0.0
     report.timings["total"] = earlier + time.perf_counter() - start  # a resumed run counts the stages it took
+    dtype = "bfloat16" if fast_bf16() else "float32"  # this process's probes, a resumed run's too
+    report.config["host_matmul"] = {"dtype": dtype, "gflops_start": speed, "gflops_end": host_speed()}
     write_outputs(cfg, args.out, report, only)
     for stage, seconds in report.timings.items():
         print(f"{stage:>18}: {seconds / 60:6.2f} min")
+    host = report.config["host_matmul"]
+    print(f"{'host':>18}: {host['gflops_start']:g} -> {host['gflops_end']:g} GFLOP/s ({dtype} matmul, one thread)")
     return 0
 
 

@@ -76,9 +76,10 @@ class PipelineConfig:
             # target kinds 95.5 against 94.9 (84 against 61, p = 0.07); yes/no 93.9 against 93.4, still far from the
             # shipped weights' 99.0. A third draw (seed 5656): target kinds 97.3 against 95.6 (47 against 15, p <
             # 0.001), count 95.2 against 91.2, count kind 96.8 against 93.8, yes/no 95.8 against 95.2; against the
-            # shipped weights there 97.3 against 96.7 (45 against 35), yes/no 95.8 against 99.0, where 54.2 against 83.4. The stage took 31.3 min alone on two threads (an evaluation beside it for 12);
-            # in the whole run it would end about 2.4 min later (the ScienceQA side widens later): not yet on, until
-            # a whole run shows the hour with it
+            # shipped weights there 97.3 against 96.7 (45 against 35), yes/no 95.8 against 99.0, where 54.2 against
+            # 83.4. The whole run with it took 63.1 min (42a625e, from scratch), the default 56.6 right after it on
+            # the same host (CLIP 10.9 against 9.6 min: the host drifts too): about 3 min more than 1500 steps, past
+            # the hour on a slow day. Kept 1500
             OptimConfig(steps=1500, lr=1e-3, warmup=60, weight_decay=0.0, compile=True),
             train_lm=True,
             ground_weight=0.3,  # where layers 0-1 look (llava.train.ground): colour 52 -> 93%

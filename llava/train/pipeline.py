@@ -1,6 +1,6 @@
 """The whole recipe, from nothing to the two shipped checkpoints.
 
-    python -m llava.train.pipeline --out /tmp/run                # the full run: 54.1 min on 2 AVX-512 BF16 cores
+    python -m llava.train.pipeline --out /tmp/run                # the full run: 54-57 min on 2 AVX-512 BF16 cores
                                                                  # (stages side by side, layers compiled, evaluation
                                                                  # included; ~120 on AVX2 one at a time, uncompiled)
     python -m llava.train.export --src /tmp/run --out checkpoints/   # bfloat16 weights, scored again
@@ -144,7 +144,7 @@ def machine() -> str:
 def host_speed(probes: int = 3) -> float:
     """GFLOP/s of a 1024x1024 matmul on one thread, autocast as training is (the median of `probes`): the host's
     speed, taken at the start and the end of a run. A shared machine drifts (the same code's fine-tune loops ran
-    1.16 and 1.32 s a step on two days), and the card's minutes only compare at like speeds."""
+    1.16 and 1.32 s a step in two runs), and the card's minutes only compare at like speeds."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -587,12 +587,12 @@ def main(argv: list[str] | None = None) -> int:
     earlier = sum(report.timings[k] for k in PRETRAINING) if args.from_stage1 else 0.0
     report.timings["total"] = earlier + time.perf_counter() - start  # a resumed run counts the stages it took
     dtype = "bfloat16" if fast_bf16() else "float32"  # this process's probes, a resumed run's too
-    report.config["host_matmul"] = {"dtype": dtype, "gflops_start": speed, "gflops_end": host_speed()}
+    end_speed = host_speed()
+    report.config["host_matmul"] = {"dtype": dtype, "gflops_start": speed, "gflops_end": end_speed}
     write_outputs(cfg, args.out, report, only)
     for stage, seconds in report.timings.items():
         print(f"{stage:>18}: {seconds / 60:6.2f} min")
-    host = report.config["host_matmul"]
-    print(f"{'host':>18}: {host['gflops_start']:g} -> {host['gflops_end']:g} GFLOP/s ({dtype} matmul, one thread)")
+    print(f"{'host':>18}: {speed:g} -> {end_speed:g} GFLOP/s ({dtype} matmul, one thread)")
     return 0
 
 

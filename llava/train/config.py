@@ -80,11 +80,12 @@ class PipelineConfig:
             # 83.4. The whole run with it took 63.1 min (42a625e, from scratch), the default 56.6 right after it on
             # the same host (CLIP 10.9 against 9.6 min: the host drifts too): about 3 min more than 1500 steps, past
             # the hour on a slow day. Kept 1500. The same 21,000 pictures in smaller batches over more steps (lr
-            # 1e-3, warmup scaled), from the stage 1 of that 56.6-min run, against its 1500 x 14 (seeds 2626, 3838,
+            # 1e-3, warmup scaled), from the default recipe's stage 1 (kept by the 54.1-min run; the 56.6-min run made
+            # the same weights), against that run's 1500 x 14 (seeds 2626, 3838,
             # 5656, 200 pictures a renderer; answers right from one model only): 2100 x 10 count 91.3 -> 93.9% (23
             # against 54, p < 0.001), the five target kinds 95.1 -> 95.6 (74 against 103, p = 0.035), yes/no 94.0 ->
             # 93.5 (8 against 2), where 42.5 -> 42.0; 3000 x 7 count 95.6 (21 against 72) but count kind 93.4 -> 89.8
-            # (81 against 38: "two" or "three" where there is one fewer), descriptions fully right 82.0 -> 85.5,
+            # (81 against 38; 104 of its 122 misses say "two" or "three"), descriptions fully right 82.0 -> 85.5,
             # target kinds 95.3 (p = 0.65). The loops on one thread each, two at a time: 2100 x 10 36.2 min beside
             # 1500 x 14 (lr 2e-3) 34.9; 3000 x 7 36.4 on a slower spell (127 against 171-185 GFLOP/s). 2100 x 10 is
             # the better recipe; not on before a whole run shows the hour with it. Peak lr 2e-3 at 1500 x 14, same

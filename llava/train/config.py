@@ -79,18 +79,18 @@ class PipelineConfig:
             # shipped weights there 97.3 against 96.7 (45 against 35), yes/no 95.8 against 99.0, where 54.2 against
             # 83.4. The whole run with it took 63.1 min (42a625e, from scratch), the default 56.6 right after it on
             # the same host (CLIP 10.9 against 9.6 min: the host drifts too): about 3 min more than 1500 steps, past
-            # the hour on a slow day. Kept 1500. The same 21,000 pictures in smaller batches over more steps (lr
-            # 1e-3, warmup scaled), from the default recipe's stage 1 (kept by the 54.1-min run; the 56.6-min run made
-            # the same weights), against that run's 1500 x 14 (seeds 2626, 3838,
-            # 5656, 200 pictures a renderer; answers right from one model only): 2100 x 10 count 91.3 -> 93.9% (23
-            # against 54, p < 0.001), the five target kinds 95.1 -> 95.6 (74 against 103, p = 0.035), yes/no 94.0 ->
-            # 93.5 (8 against 2), where 42.5 -> 42.0; 3000 x 7 count 95.6 (21 against 72) but count kind 93.4 -> 89.8
-            # (81 against 38; 104 of its 122 misses say "two" or "three"), descriptions fully right 82.0 -> 85.5,
-            # target kinds 95.3 (p = 0.65). The loops on one thread each: 2100 x 10 36.2 min beside 1500 x 14 (lr
-            # 2e-3) 34.9; 3000 x 7 36.4, beside other runs for 26 min, then alone, on a slower spell (host probe 127
-            # against 171-185 GFLOP/s). 2100 x 10 is the better recipe; not on before a whole run shows the hour with it. Peak lr 2e-3 at 1500 x 14, same
-            # stage 1 and draws: count 92.8 (29 against 46, p = 0.06), where 36.9 (121 against 55, p < 0.001),
-            # target kinds 95.4 (p = 0.16); not kept
+            # the hour on a slow day. Kept 1500. The same 21,000 pictures in smaller batches over more steps (lr 1e-3,
+            # warmup scaled), from the default recipe's stage 1 (kept by the 54.1-min run; the 56.6-min run made the
+            # same weights), against that run's 1500 x 14 (seeds 2626, 3838, 5656, 200 pictures a renderer; answers
+            # right from one model only): 2100 x 10 count 91.3 -> 93.9% (23 against 54, p < 0.001), the five target
+            # kinds 95.1 -> 95.6 (74 against 103, p = 0.035), yes/no 94.0 -> 93.5 (8 against 2), where 42.5 -> 42.0;
+            # 3000 x 7 count 95.6 (21 against 72) but count kind 93.4 -> 89.8 (81 against 38; 104 of its 122 misses say
+            # "two" or "three"), descriptions fully right 82.0 -> 85.5, target kinds 95.3 (p = 0.65). The loops on one
+            # thread each: 2100 x 10 36.2 min beside 1500 x 14 (lr 2e-3) 34.9; 3000 x 7 36.4, beside other runs for 26
+            # min, then alone, on a slower spell (host probe 127 against 171-185 GFLOP/s). 2100 x 10 is the better
+            # recipe; not on before a whole run shows the hour with it. Peak lr 2e-3 at 1500 x 14, same stage 1 and
+            # draws: count 92.8 (29 against 46, p = 0.06), where 36.9 (121 against 55, p < 0.001), target kinds 95.4
+            # (p = 0.16); not kept
             OptimConfig(steps=1500, lr=1e-3, warmup=60, weight_decay=0.0, compile=True),
             train_lm=True,
             ground_weight=0.3,  # where layers 0-1 look (llava.train.ground): colour 52 -> 93%

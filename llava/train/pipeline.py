@@ -1,6 +1,6 @@
 """The whole recipe, from nothing to the two shipped checkpoints.
 
-    python -m llava.train.pipeline --out /tmp/run                # the full run: 54-57 min on 2 AVX-512 BF16 cores
+    python -m llava.train.pipeline --out /tmp/run                # the full run: 50-57 min on 2 AVX-512 BF16 cores
                                                                  # (stages side by side, layers compiled, evaluation
                                                                  # included; ~120 on AVX2 one at a time, uncompiled)
     python -m llava.train.export --src /tmp/run --out checkpoints/   # bfloat16 weights, scored again

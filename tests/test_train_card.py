@@ -6,7 +6,7 @@ import json
 from types import SimpleNamespace
 
 from llava.eval.questions import TARGET_KINDS
-from llava.train.card import grounding_options, missed_targets, question_weights, stage_table
+from llava.train.card import grounding_options, missed_targets, precision_line, question_weights, stage_table
 
 
 def chat_eval(**acc: float) -> dict:
@@ -110,3 +110,16 @@ def test_the_card_says_which_kinds_of_question_were_asked_more():
     assert question_weights({"extreme": 4.0}, 0.02) == (
         "; extreme questions 4x as often, 2% of them with no context (held-out problems: 10%)"
     )
+
+
+def test_the_card_says_when_clip_trained_in_float32_beside_bf16_stages():
+    def cfg(stage2_bf16: bool, clip_bf16: bool | None) -> dict:
+        clip = {} if clip_bf16 is None else {"optim": {"bf16": clip_bf16}}
+        return {"stage2": {"optim": {"bf16": stage2_bf16, "compile": True}}, "clip": clip}
+
+    compiled = ", the transformer layers compiled (torch.compile)"
+    both = "bfloat16 autocast, attention in float32" + compiled
+    assert precision_line(cfg(True, False)) == both + "; CLIP pre-trained in float32"
+    assert precision_line(cfg(True, True)) == both
+    assert precision_line(cfg(True, None)) == both  # reports without CLIP's settings
+    assert precision_line(cfg(False, False)) == "float32 (the CPU has no native bfloat16)" + compiled

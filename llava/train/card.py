@@ -169,6 +169,19 @@ def question_weights(weights: dict[str, float] | None, fact_share: float = FACT_
     return "; " + ", ".join(kinds) if kinds else ""
 
 
+def precision_line(cfg: dict) -> str:
+    """How the run's stages computed, from its report's config (the fine-tunes' settings, and CLIP's where apart)."""
+    optim = cfg["stage2"]["optim"]
+    precision = "bfloat16 autocast" if optim["bf16"] else "float32 (the CPU has no native bfloat16)"
+    if optim["bf16"] and "compile" in optim:  # reports since b4c60e1, whose stages attend in float32
+        precision += ", attention in float32"
+    if optim.get("compile"):
+        precision += ", the transformer layers compiled (torch.compile)"
+    if optim["bf16"] and cfg.get("clip", {}).get("optim", {}).get("bf16") is False:  # ClipConfig's default
+        precision += "; CLIP pre-trained in float32"
+    return precision
+
+
 def host_line(cfg: dict) -> str:
     """The host's speed at the start and the end of the run (`pipeline.host_speed`); empty for reports before it."""
     host = cfg.get("host_matmul")
@@ -233,12 +246,7 @@ def write_card(folder: Path, name: str, report, smoke: bool = False) -> Path:
     made_tail = (
         f", then `python -m llava.train.export --src RUN --out checkpoints/{only}`" if stored != "float32" else ""
     )
-    optim = cfg["stage2"]["optim"]
-    precision = "bfloat16 autocast" if optim["bf16"] else "float32 (the CPU has no native bfloat16)"
-    if optim["bf16"] and "compile" in optim:  # reports since b4c60e1, whose stages attend in float32
-        precision += ", attention in float32"
-    if optim.get("compile"):
-        precision += ", the transformer layers compiled (torch.compile)"
+    precision = precision_line(cfg)
     summary = cfg["clip"].get("summary_weight", 0)
     summary_line = (
         f" Every layer -2 patch also reads out, through a linear head dropped afterwards (weight {summary}), the scene's"

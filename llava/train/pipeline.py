@@ -1,8 +1,9 @@
 """The whole recipe, from nothing to the two shipped checkpoints.
 
-    python -m llava.train.pipeline --out /tmp/run                # the full run: 50-57 min on 2 AVX-512 BF16 cores
-                                                                 # (stages side by side, layers compiled, evaluation
-                                                                 # included; ~120 on AVX2 one at a time, uncompiled)
+    python -m llava.train.pipeline --out /tmp/run                # the full run: 53.9 min on 2 AVX-512 BF16 cores
+                                                                 # (stages side by side, layers compiled, CLIP in
+                                                                 # float32, evaluation included; near the hour on a
+                                                                 # slow day; ~120 on AVX2 one at a time, uncompiled)
     python -m llava.train.export --src /tmp/run --out checkpoints/   # bfloat16 weights, scored again
     python -m llava.train.pipeline --out /tmp/smoke --smoke      # every stage, tiny, for the tests
     python -m llava.train.pipeline --out /tmp/try --from-stage1 /tmp/run/stage1 --only chat   # a stage-2 recipe

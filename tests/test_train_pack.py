@@ -56,8 +56,11 @@ def test_pack_shares_the_prefix_and_keeps_every_record(parts):
             assert [positions[i] for i in mine] == list(range(len(m.input_ids)))
             assert [row.packed_index(k, i) for i in range(len(m.input_ids))] == mine
             assert row.labels[row.segments.index(k + 1)] == IGNORE  # never predicted across segments
-    # a third of the tokens or less: the system prompt and the 64 image tokens were most of each record
-    assert sum(len(r.input_ids) for r in packed) < 0.7 * sum(len(e.input_ids) for e in examples)
+    # every record in exactly one row, and what packing saves is the shared prefix (system prompt and picture)
+    # of every record but the first of its row
+    assert sorted(id(m) for r in packed for m in r.members) == sorted(id(e) for e in examples)
+    saved = sum(len(e.input_ids) for e in examples) - sum(len(r.input_ids) for r in packed)
+    assert saved == sum((len(r.members) - 1) * r.prefix for r in packed) > 0
 
 
 def test_pack_refuses_records_of_other_pictures(parts):

@@ -12,11 +12,19 @@ from tqdm import tqdm
 
 
 def fast_bf16() -> bool:
-    """Whether this CPU computes bfloat16 matmuls natively (oneDNN's own test: AVX-512 or AMX)."""
+    """Whether this CPU has bfloat16 instructions (AVX-512 BF16 or AMX), so that autocasting to bf16 speeds a step.
+
+    Not oneDNN's own test (`torch.ops.mkldnn._is_mkldnn_bf16_supported`): that says yes on any AVX-512 CPU, where
+    oneDNN emulates bf16. On 2 cores of an Ice Lake Xeon (AVX-512, no BF16) a 1024x1024 matmul ran at 57 GFLOP/s
+    under bf16 autocast against 136 in float32, so training there autocast to the slower precision."""
+    cpu = getattr(torch, "cpu", None)
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+        return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+    except AttributeError:  # a torch without these probes: oneDNN's test, the closest it has
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
 
 
 def matmul_flops_per_second(size: int = 1024, repeats: int = 20) -> float:
@@ -41,10 +49,11 @@ class OptimConfig:
     min_lr_ratio: float = 0.1  # cosine decays to lr * this
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # max global grad norm; 0 turns clipping off
-    # autocast matmuls to bfloat16, weights staying float32; None: only where the CPU does bf16 natively
-    # (AMX, AVX-512): an AVX2-only CPU emulates it about 100x slower than float32. A whole run under bf16 (AVX-512
-    # BF16 EPYC, 7ca9015) gave a chat model as good on the target kinds but with `where` 37 against 79% of the
-    # float32-trained shipped weights, its chat stage again in float32 47%: see the README ("native bfloat16")
+    # autocast matmuls to bfloat16, weights staying float32; None: only where the CPU has bf16 instructions
+    # (AMX, AVX-512 BF16; `fast_bf16`): elsewhere it is emulated, about 100x slower than float32 on AVX2, 2.4x on
+    # plain AVX-512. A whole run under bf16 (AVX-512 BF16 EPYC, 7ca9015) gave a chat model as good on the target
+    # kinds but with `where` 37 against 79% of the float32-trained shipped weights, its chat stage again in float32
+    # 47%: see the README ("native bfloat16")
     bf16: bool | None = None
     # the stage's transformer layers under torch.compile (llava.train.compiled): the full run's stages, not smoke
     # (half a minute of compiling a stage)

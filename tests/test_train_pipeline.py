@@ -266,6 +266,17 @@ def test_bf16_autocast_only_where_the_cpu_does_it_natively():
     assert OptimConfig(steps=1, lr=1.0, bf16=False).bf16 is False
 
 
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="reads the CPU's flags from Linux's /proc/cpuinfo")
+def test_native_bf16_means_the_cpu_has_bf16_instructions():
+    # oneDNN's own test says yes on any AVX-512 CPU and emulates: on an Ice Lake Xeon (AVX-512, no BF16) a chat step
+    # took 1.57 s under bf16 autocast against 0.62 in float32
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags |= set(line.split(":", 1)[1].split())
+    assert fast_bf16() is bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 @pytest.mark.slow
 def test_a_fine_tune_keeps_its_report_when_the_run_stops_later(smoke, tmp_path):
     # a run killed in the ScienceQA fine-tune (or its evaluation) used to leave the finished chat model without a

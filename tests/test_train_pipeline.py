@@ -224,7 +224,10 @@ def test_stages_side_by_side_train_what_one_at_a_time_trains(smoke, tmp_path):
         alone = load_file(tmp_path / name / "model.safetensors")
         beside = load_file(src / name / "model.safetensors")
         assert set(alone) == set(beside)
-        assert [k for k in beside if not torch.allclose(alone[k], beside[k], rtol=0, atol=1e-6)] == [], name
+        # not bit for bit: where float32 matmuls sum in an order that depends on the thread count (2 cores of an
+        # Ice Lake Xeon, AVX-512: the side that finishes first hands its thread to the other mid-stage), the smoke
+        # weights differ by up to 2.6e-5 (1.8e-5 under MKL_CBWR=AUTO,STRICT); another seed moves them by 0.9
+        assert [k for k in beside if not torch.allclose(alone[k], beside[k], rtol=0, atol=1e-4)] == [], name
         report = json.loads((src / name / "training_report.json").read_text())
         pairs = [["clip", "lm"], ["stage2-chat", "stage2-sqa"], ["eval-chat", "stage2-sqa"]]
         assert report["config"]["side_by_side"] == pairs

@@ -17,9 +17,8 @@ def fast_bf16() -> bool:
     Not oneDNN's own test (`torch.ops.mkldnn._is_mkldnn_bf16_supported`): that says yes on any AVX-512 CPU, where
     oneDNN emulates bf16. On 2 cores of an Ice Lake Xeon (AVX-512, no BF16) a 1024x1024 matmul ran at 57 GFLOP/s
     under bf16 autocast against 136 in float32, so training there autocast to the slower precision."""
-    cpu = getattr(torch, "cpu", None)
     try:
-        return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except AttributeError:  # a torch without these probes: oneDNN's test, the closest it has
         try:
             return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

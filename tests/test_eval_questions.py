@@ -127,3 +127,6 @@ def test_chat_cli_prints_every_table(tiny_ckpt, tmp_path, capsys):
     asked = json.loads(out.read_text())["primary"]
     where = sum(sum(said.values()) for said in asked["where_bands"]["column"].values())
     assert where == asked["questions"].get("where", 0)
+    assert '"How many shapes?" by the objects and their colours' in printed
+    counted = sum(sum(said.values()) for by_colors in asked["count_answers"].values() for said in by_colors.values())
+    assert counted == asked["questions"]["count"]

@@ -82,6 +82,37 @@ def test_where_answers_by_band_show_which_way_a_model_errs():
     assert where_bands_table({"primary": {}}, "row") == ""
 
 
+def test_count_answers_by_objects_and_colours_show_a_model_that_counts_colours():
+    from llava.data.world import Scene, SceneObject
+    from llava.eval.chat import ChatResult
+    from llava.train.card import count_answers_table
+
+    def scene(*colors: str) -> Scene:
+        return Scene(
+            tuple(SceneObject("circle", c, "small", (0.1 * k, 0.1, 0.1 * k + 0.05, 0.15)) for k, c in enumerate(colors))
+        )
+
+    result = ChatResult("primary")
+    result.add_count(scene("red", "red", "blue", "green"), "There are three shapes in the image.")
+    result.add_count(scene("red", "red", "blue", "green"), "There are 4 shapes.")
+    result.add_count(scene("red", "blue", "green", "yellow"), "There are four shapes in the image.")
+    result.add_count(scene("red", "blue", "green"), "There are five shapes.")
+    result.add_count(scene("red", "blue", "green"), "I cannot tell.")
+    evals = {"primary": json.loads(json.dumps(result.to_json())), "alt": {}}  # alt has none
+    assert evals["primary"]["count_answers"] == {
+        "3": {"3": {"5": 1, "none": 1}},
+        "4": {"3": {"3": 1, "4": 1}, "4": {"4": 1}},
+    }
+    assert count_answers_table(evals).splitlines() == [
+        "| pictures | objects | colours | questions | right (%) | too few | too many | no number |",
+        "|---|---|---|---|---|---|---|---|",
+        "| own renderer | 3 | 3 | 2 | 0.0 | 0 | 1 | 1 |",
+        "| own renderer | 4 | 3 | 2 | 50.0 | 1 | 0 | 0 |",
+        "| own renderer | 4 | 4 | 1 | 100.0 | 0 | 0 | 0 |",
+    ]
+    assert count_answers_table({"alt": {}}) == ""
+
+
 def test_the_whole_pipeline_row_says_whether_its_minutes_include_the_evaluation():
     optim = {"steps": 10, "lr": 1e-3}
     stage = {"optim": optim, "batch_size": 4}

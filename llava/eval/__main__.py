@@ -86,7 +86,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def run_chat(args: argparse.Namespace) -> dict:
     from llava.eval.chat import evaluate_chat, write_answers
     from llava.model.loader import load_pretrained
-    from llava.train.card import by_objects_table, chat_table, where_bands_table
+    from llava.train.card import by_objects_table, chat_table, count_answers_table, where_bands_table
 
     loaded = load_pretrained(args.model, device=args.device, dtype=args.dtype)
     results = {}
@@ -102,6 +102,7 @@ def run_chat(args: argparse.Namespace) -> dict:
     print(f"\nAccuracy (%) by the number of objects in the picture:\n\n{by_objects_table(results)}")
     for axis in ("column", "row"):
         print(f"\n`where` answers by the object's {axis} (questions):\n\n{where_bands_table(results, axis)}")
+    print(f'\n"How many shapes?" by the objects and their colours (questions):\n\n{count_answers_table(results)}')
     return results
 
 

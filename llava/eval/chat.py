@@ -19,7 +19,7 @@ from llava.conversation import conv_templates
 from llava.data.build import make_style
 from llava.data.render_alt import AltStyle, render_alt
 from llava.data.world import Scene, render, sample_scene
-from llava.eval.questions import AXES, KINDS, Question, bands, canonical_questions, region_in, score
+from llava.eval.questions import AXES, KINDS, Question, bands, canonical_questions, first_number, region_in, score
 from llava.generation import GenerationParams, generate
 from llava.model.loader import LoadedModel
 
@@ -44,12 +44,22 @@ class ChatResult:
     where_bands: dict[str, dict[tuple[str, str], int]] = field(
         default_factory=lambda: {axis: defaultdict(int) for axis in AXES}
     )
+    # "How many shapes are there?" answers: (objects, distinct colours in the picture) -> the number answered
+    # ("none": no number) -> questions. Says what a model counts: one that counts colours says too few where a
+    # colour comes twice, and which way a model errs between three and four shifts from one training run to the next
+    count_answers: dict[tuple[int, int], dict[str, int]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(int))
+    )
 
     def add_where(self, exact: str, answer: str) -> None:
         said = region_in(answer)
         truth, told = bands(exact), bands(said) if said else {}
         for axis in AXES:
             self.where_bands[axis][truth[axis], told.get(axis, "none")] += 1
+
+    def add_count(self, scene: Scene, answer: str) -> None:
+        said = first_number(answer)
+        self.count_answers[len(scene.objects), colors_in(scene)]["none" if said is None else str(said)] += 1
 
     def accuracy(self, kind: str) -> float:
         values = self.per_kind.get(kind, [])
@@ -75,8 +85,19 @@ class ChatResult:
                 axis: {t: {a: self.where_bands[axis].get((t, a), 0) for a in (*names, "none")} for t in names}
                 for axis, names in AXES.items()
             },
+            "count_answers": {
+                str(n): {
+                    str(c): dict(sorted(said.items())) for (m, c), said in sorted(self.count_answers.items()) if m == n
+                }
+                for n in sorted({n for n, _ in self.count_answers})
+            },
             "samples": self.samples,
         }
+
+
+def colors_in(scene: Scene) -> int:
+    """How many different colours the picture's objects have."""
+    return len({o.color for o in scene.objects})
 
 
 def ask(loaded: LoadedModel, image: Image.Image | None, question: str, max_new_tokens: int = 96) -> str:
@@ -117,13 +138,16 @@ def evaluate_chat(
             result.by_objects[q.kind][len(scene.objects)].append(s["correct"])
             if q.kind == "where":
                 result.add_where(q.detail["exact"], answer)
+            if q.kind == "count":
+                result.add_count(scene, answer)
             if q.kind == "describe":
                 result.named += int(s["named"])
                 result.objects += int(s["objects"])
                 result.extra += int(s["extra"])
             if k < n_samples or (not s["correct"] and len(result.samples) < 3 * n_samples):
                 result.samples.append(_sample(q, answer, s["correct"]))
-            row = {"question_id": f"{k}/{q.kind}", "objects": len(scene.objects), **_sample(q, answer, s["correct"])}
+            row = {"question_id": f"{k}/{q.kind}", "objects": len(scene.objects), "colors": colors_in(scene)}
+            row |= _sample(q, answer, s["correct"])
             result.answers.append(row | {key: int(v) for key, v in s.items() if key != "correct"})
     return result
 

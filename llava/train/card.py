@@ -71,6 +71,29 @@ def where_bands_table(evals: dict[str, dict], axis: str) -> str:
     return "\n".join(lines)
 
 
+def count_answers_table(evals: dict[str, dict]) -> str:
+    """Answers to "How many shapes are there?" per renderer, number of objects and of different colours among
+    them: how many were right, said too few or too many, or said no number. A model that counts colours instead
+    of objects says too few where a colour comes twice."""
+    lines = [
+        "| pictures | objects | colours | questions | right (%) | too few | too many | no number |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for renderer, r in evals.items():
+        name = RENDERER_NAMES.get(renderer, renderer).split(" (")[0]
+        for objects, by_colors in r.get("count_answers", {}).items():
+            for colors, said in by_colors.items():
+                n, told = int(objects), {k: v for k, v in said.items() if k != "none"}
+                asked = sum(said.values())
+                right = 100 * told.get(str(n), 0) / asked
+                fewer = sum(v for k, v in told.items() if int(k) < n)
+                more = sum(v for k, v in told.items() if int(k) > n)
+                lines.append(
+                    f"| {name} | {n} | {colors} | {asked} | {right:.1f} | {fewer} | {more} | {said.get('none', 0)} |"
+                )
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def missed_targets(evals: dict[str, dict], is_chat: bool) -> list[str]:
     """The targets these figures miss, as `kind on renderer (value)`; empty when every one holds."""
     out = []

@@ -233,7 +233,10 @@ def ask_brief(items: list[Item], rng: random.Random, context: SceneContext | Non
 # 94.6 -> 97.3 and 93.8 -> 99.1% (110 against 13 answers right from one model only; that hard case 1 of 67 missed
 # at seed 1), the five target kinds 95.5 -> 96.3 (p < 0.001), colour 99.0 -> 98.4 (p = 0.03), where 56.5 -> 54.9,
 # count and count kind within 0.2. Not kept on top of it: half the hard Nos drawn from such crossed pairs, with
-# backgrounds tinted up to 24 below white per channel in training (where 55.7 -> 49.2, the rest within 0.5)
+# backgrounds tinted up to 24 below white per channel in training (where 55.7 -> 49.2, the rest within 0.5). Nor
+# the whole count at 2 (count 94.0 -> 94.8, p = 0.28; where 47.4 -> 42.8), nor where at 2 (47.4 -> 60.1 under
+# --seed 0 with tinted backgrounds, 56.3 -> 53.1 under --seed 1 without; descriptions 87.1 -> 83.2): README,
+# "Counts and places, read closer"
 CONVERSATION_QUESTIONS: dict[Callable[[list[Item], random.Random], QA | None], float] = {
     ask_color: 3,
     ask_shape: 1,

@@ -44,11 +44,11 @@ class ChatResult:
     where_bands: dict[str, dict[tuple[str, str], int]] = field(
         default_factory=lambda: {axis: defaultdict(int) for axis in AXES}
     )
-    # "How many shapes are there?" answers: (objects, distinct colours in the picture) -> the number answered
+    # "How many shapes are there?" answers: objects -> distinct colours in the picture -> the number answered
     # ("none": no number) -> questions. Says what a model counts: one that counts colours says too few where a
     # colour comes twice, and which way a model errs between three and four shifts from one training run to the next
-    count_answers: dict[tuple[int, int], dict[str, int]] = field(
-        default_factory=lambda: defaultdict(lambda: defaultdict(int))
+    count_answers: dict[int, dict[int, dict[str, int]]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(int)))
     )
 
     def add_where(self, exact: str, answer: str) -> None:
@@ -59,7 +59,7 @@ class ChatResult:
 
     def add_count(self, scene: Scene, answer: str) -> None:
         said = first_number(answer)
-        self.count_answers[len(scene.objects), colors_in(scene)]["none" if said is None else str(said)] += 1
+        self.count_answers[len(scene.objects)][colors_in(scene)]["none" if said is None else str(said)] += 1
 
     def accuracy(self, kind: str) -> float:
         values = self.per_kind.get(kind, [])
@@ -86,10 +86,8 @@ class ChatResult:
                 for axis, names in AXES.items()
             },
             "count_answers": {
-                str(n): {
-                    str(c): dict(sorted(said.items())) for (m, c), said in sorted(self.count_answers.items()) if m == n
-                }
-                for n in sorted({n for n, _ in self.count_answers})
+                str(n): {str(c): dict(sorted(said.items())) for c, said in sorted(by_colors.items())}
+                for n, by_colors in sorted(self.count_answers.items())
             },
             "samples": self.samples,
         }

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from llava.eval.__main__ import main as eval_main
-from llava.eval.look import LOOKUPS, _first_end_after, look, markdown
+from llava.eval.look import LOOKUPS, _first_end_after, count_look, count_markdown, look, markdown
 
 
 def test_key_word_position():
@@ -40,6 +40,29 @@ def test_shares_are_parts_of_the_image_share(tiny_loaded, key):
     assert f"| {layer}.{head} |" in markdown([result])
 
 
+def test_count_probe_reads_the_counting_heads_look(tiny_loaded):
+    before = tiny_loaded.model.config._attn_implementation
+    result = count_look(tiny_loaded, 12, head=(1, 3), seed=5)
+    assert tiny_loaded.model.config._attn_implementation == before
+    assert sum(row["pictures"] for row in result.by_objects.values()) == 12
+    assert set(result.by_objects) <= {1, 2, 3, 4}
+    for row in result.by_objects.values():
+        assert 0.0 <= row["next_token_right"] <= 1.0 and row["implied"] > 0 and row["implied_sd"] >= 0
+    objects = sum(k * row["pictures"] for k, row in result.by_objects.items())
+    assert sum(row["objects"] for row in result.by_patches.values()) == objects  # every object in one band
+    assert set(result.by_patches) <= {"0", "1", "2", "3", "4", "5", "6+"}
+    # an object's patches are part of the image: its look over the first token's is at most the largest implied
+    # count (the whole image's over the first token's) of the pictures
+    largest = max(row["implied"] + 4 * row["implied_sd"] for row in result.by_objects.values())
+    assert all(0 <= row["share"] <= largest for row in result.by_patches.values())
+    table = count_markdown(result)
+    assert "head 1.3: implied count" in table and table.count("\n|") >= 2 + len(result.by_objects)
+    data = json.loads(json.dumps(result.to_json()))
+    assert data["head"] == [1, 3] and data["by_objects"] == {str(k): v for k, v in result.by_objects.items()}
+    with pytest.raises(ValueError, match="no head"):
+        count_look(tiny_loaded, 1, head=(0, 4))
+
+
 def test_unknown_lookup(tiny_loaded):
     with pytest.raises(ValueError, match="unknown look-up"):
         look(tiny_loaded, 2, "size")
@@ -50,6 +73,7 @@ def test_cli(tiny_ckpt, tmp_path, capsys):
     assert eval_main(["look", "--model", str(tiny_ckpt), "--pictures", "4", "--json", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "shape-keyed" in printed and "color-keyed" in printed
+    assert "no counting head (0, 4)" in printed  # the tiny model has 4 heads a layer
     data = json.loads(out.read_text())
     assert set(data) == set(LOOKUPS)
     assert data["shape"]["best_head"]["object"] <= data["shape"]["best_head"]["image"] + 1e-6

@@ -37,6 +37,7 @@ from llava.train.ground import (
     _spread,
     _tokens,
     attention_logprobs,
+    center_spread,
     check_heads,
     described_targets,
     example_targets,
@@ -165,6 +166,36 @@ def test_counting_heads_share_their_look_between_the_first_token_and_each_object
     assert plain(staged) == plain(on)
     with pytest.raises(ValueError, match=r"\(0, 4\), \(1, 4\)"):
         check_heads(model, [on])
+    # ground_count_center: the same positions and first-token shares, each object's share on the patches around
+    # its box's centre; the other heads' targets as they were
+    stage.ground_count_center = True
+    (centred,) = stage_targets(stage, [example], {"x.png": _scene()}, tok, model.config)
+    assert [(t.position, t.layer, t.head, t.start) for t in centred] == [p[:4] for p in plain(on)]
+    for t, c in zip(centred, on, strict=True):
+        if (t.layer, t.head) not in (COUNT_HEAD, PAIR_COUNT_HEAD):
+            assert torch.equal(t.weights, c.weights)
+            continue
+        assert torch.isclose(t.weights.sum(), torch.tensor(1.0)) and t.weights[0] == c.weights[0]
+        objects = [o for o in _scene().objects if box_cover(o.box, grid)[c.weights[start:] > 0].sum() > 0]
+        assert torch.allclose(t.weights[start:], t.weights[0] * sum(
+            (center_spread(o.box, grid) for o in objects), torch.zeros(n_img)
+        ))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("box", "grid", "expected"),
+    [
+        ((0.25, 0.25, 0.5, 0.5), 4, {5: 1.0}),  # centre (0.375, 0.375): the middle of patch (1, 1)
+        ((0.0, 0.0, 0.25, 0.5), 4, {0: 0.5, 4: 0.5}),  # centre (0.125, 0.25): between rows 0 and 1, column 0
+        ((0.25, 0.25, 0.75, 0.75), 4, {5: 0.25, 6: 0.25, 9: 0.25, 10: 0.25}),  # the picture's centre: four patches
+        ((0.95, 0.95, 1.0, 1.0), 4, {15: 1.0}),  # past the last patch centre: the corner patch
+        ((0.1, 0.2, 0.3, 0.5), 8, {17: 0.63, 18: 0.07, 25: 0.27, 26: 0.03}),  # (0.2, 0.35): bilinear
+    ],
+)
+def test_center_spread_puts_an_object_on_the_patches_around_its_centre(box, grid, expected):
+    weights = center_spread(box, grid)
+    assert weights.shape == (grid * grid,) and torch.isclose(weights.sum(), torch.tensor(1.0))
+    assert {k: round(float(w), 6) for k, w in enumerate(weights) if w > 1e-9} == expected
 
 
 @pytest.mark.parametrize("layer", [0, 1])

@@ -10,8 +10,8 @@
 
 The first two draw fresh held-out pictures; the next two read real ScienceQA files (LLaVA's answer
 files are JSON Lines of `{"question_id", "text"}`). `look` shows where the model attends when it answers
-about one object (see `llava.eval.look`). `compare` pairs two models' saved answers to the same draw
-(`chat --save-answers`, `sqa --save-predictions`) question by question. Tables go to stdout, `--json` writes
+about one object, and how its counting head counts (see `llava.eval.look`). `compare` pairs two models' saved
+answers to the same draw (`chat --save-answers`, `sqa --save-predictions`) question by question. Tables go to stdout, `--json` writes
 the numbers.
 """
 
@@ -186,14 +186,24 @@ def run_compare(args: argparse.Namespace) -> dict:
 
 
 def run_look(args: argparse.Namespace) -> dict:
-    from llava.eval.look import LOOKUPS, look, markdown
+    from llava.eval.look import COUNT_QUESTION, LOOKUPS, count_look, count_markdown, look, markdown
     from llava.model.loader import load_pretrained
+    from llava.train.ground import COUNT_HEAD
 
     loaded = load_pretrained(args.model, device=args.device, dtype=args.dtype)
     looks = [look(loaded, args.pictures, key, args.renderer, args.seed) for key in LOOKUPS]
     print(f"\n{args.model}: where the model attends when a question names one object ({args.renderer} renderer)\n")
     print(markdown(looks))
-    return {lk.key: lk.to_json() for lk in looks}
+    result = {lk.key: lk.to_json() for lk in looks}
+    text = loaded.model.config.text_config
+    if COUNT_HEAD[0] < text.num_hidden_layers and COUNT_HEAD[1] < text.num_attention_heads:
+        counted = count_look(loaded, args.pictures, args.renderer, args.seed)
+        print(f'\n"{COUNT_QUESTION}" teacher-forced to "There are", and the counting head at "shapes"\n')
+        print(count_markdown(counted))
+        result["count"] = counted.to_json()
+    else:
+        print(f"\nno counting head {COUNT_HEAD} in this model: the count probe is left out")
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,21 +10,28 @@ For every layer and head the probe reports the attention share, averaged over pi
 key word in the question (and from the answer head's last token) to all image tokens and to the patches the
 object's box touches, plus how often the next token names the right colour or shape. A head that finds
 the object puts most of its image attention on it; the original LLaVA demo has no such check.
+
+`count_look` probes the whole count ("How many shapes are there in the image?" -> "There are" + number) and the
+counting head the chat stage trains (`llava.train.ground`, `count`) at the question's "shapes": its first token's
+share says how many objects it sees (the rest of its look over the first token's, the "implied count"), and each
+object should get as much as the first token, whatever its size.
 """
 
 from __future__ import annotations
 
 import random
+from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
 
 from llava.conversation import conv_templates
-from llava.data.world import sample_scene
+from llava.data.world import MAX_OBJECTS, number_word, sample_scene
 from llava.eval.chat import draw
 from llava.model.loader import LoadedModel
 from llava.model.tiny import COLORS, SHAPES
 from llava.train.clip import box_cover
+from llava.train.ground import COUNT_HEAD
 
 LOOKUPS = {  # keyed by: (question, answer head, what is read off the object)
     "shape": ("What color is the {}?", "The {} is", "color"),
@@ -143,4 +150,117 @@ def markdown(looks: list[Look]) -> str:
             f"| {lk.key}-keyed ({LOOKUPS[lk.key][0].format('…')}) | {lk.pictures} | {100 * lk.next_token_right:.1f} "
             f"| {layer}.{head} | {100 * on_object:.0f} | {100 * on_image:.0f} |"
         )
+    return "\n".join(lines)
+
+
+COUNT_QUESTION = "How many shapes are there in the image?"
+
+
+@dataclass(slots=True)
+class CountLook:
+    """The whole count, teacher-forced, and the counting head at the question's "shapes" (`count_look`)."""
+
+    head: tuple[int, int]  # (layer, head) probed
+    # by the number of objects: pictures, next_token_right (share), implied (mean count the head's look says), and
+    # implied_sd (its standard deviation over those pictures)
+    by_objects: dict[int, dict[str, float]]
+    # by the patches an object covers at least a quarter of ("0" ... "5", "6+"): objects, and share (mean, sd) of
+    # the head's look on those patches over its look at the first token (1 is the target)
+    by_patches: dict[str, dict[str, float]]
+
+    def to_json(self) -> dict:
+        return {
+            "head": list(self.head),
+            "by_objects": {str(k): v for k, v in self.by_objects.items()},
+            "by_patches": self.by_patches,
+        }
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    return float(t.mean()), float(t.std(unbiased=False))
+
+
+@torch.no_grad()
+def count_look(
+    loaded: LoadedModel, n_pictures: int, renderer: str = "primary", seed: int = 77, head: tuple[int, int] = COUNT_HEAD
+) -> CountLook:
+    """Probe the whole count and the counting `head` (layer, head) on `n_pictures` held-out pictures."""
+    model, processor = loaded.model, loaded.processor
+    text = model.config.text_config
+    if not (head[0] < text.num_hidden_layers and head[1] < text.num_attention_heads):
+        raise ValueError(
+            f"the model has no head {head} ({text.num_hidden_layers} layers of {text.num_attention_heads})"
+        )
+    tokenizer = processor.tokenizer
+    numbers = [number_word(k) for k in range(1, MAX_OBJECTS + 1)]
+    number_ids = _word_ids(tokenizer, tuple(numbers))
+    shapes = tokenizer(" shapes", add_special_tokens=False)["input_ids"]
+    vision = model.config.vision_config
+    grid = vision.image_size // vision.patch_size
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    rng = random.Random(seed)
+    right, implied = defaultdict(list), defaultdict(list)
+    shares = defaultdict(list)
+    try:
+        for _ in range(n_pictures):
+            scene = sample_scene(rng)
+            image = draw(scene, renderer, rng)
+            k = len(scene.objects)
+            conv = conv_templates[loaded.template or "llava_v0"].copy()
+            conv.append_message(conv.roles[0], (COUNT_QUESTION, image, "Default"))
+            conv.append_message(conv.roles[1], None)
+            prompt = f"{conv.get_prompt()} There {'is' if k == 1 else 'are'}"
+            inputs = processor(images=[image], text=prompt, return_tensors="pt").to(model.device)
+            out = model(**inputs, output_attentions=True)
+            ids = inputs["input_ids"][0].cpu()
+            image_pos = (ids == model.config.image_token_id).nonzero().flatten()
+            word_pos = _first_end_after(ids, shapes, int(image_pos[-1]) + 1)
+            look = out.attentions[head[0]][0, head[1], word_pos].float().cpu()
+            first, on_image = float(look[0]), look[image_pos]
+            implied[k].append(float(on_image.sum()) / max(first, 1e-9))
+            right[k].append(int(out.logits[0, -1, number_ids].argmax()) == k - 1)
+            for obj in scene.objects:
+                covered = box_cover(obj.box, grid) * grid * grid >= 0.25
+                n = int(covered.sum())
+                shares[str(n) if n < 6 else "6+"].append(float(on_image[covered].sum()) / max(first, 1e-9))
+    finally:
+        model.set_attn_implementation(previous)
+    by_objects = {}
+    for k in sorted(right):
+        mean, sd = _mean_sd(implied[k])
+        by_objects[k] = {
+            "pictures": len(right[k]),
+            "next_token_right": sum(right[k]) / len(right[k]),
+            "implied": mean,
+            "implied_sd": sd,
+        }
+    by_patches = {}
+    for key in sorted(shares, key=lambda s: int(s.rstrip("+"))):
+        mean, sd = _mean_sd(shares[key])
+        by_patches[key] = {"objects": len(shares[key]), "share": mean, "share_sd": sd}
+    return CountLook(head, by_objects, by_patches)
+
+
+def count_markdown(result: CountLook) -> str:
+    """The count probe's two tables: by the number of objects, and by how many patches an object covers."""
+    layer, head = result.head
+    lines = [
+        f"| objects | pictures | next number right (%) | head {layer}.{head}: implied count | its sd |",
+        "|---|---|---|---|---|",
+    ]
+    for k, row in result.by_objects.items():
+        lines.append(
+            f"| {k} | {row['pictures']} | {100 * row['next_token_right']:.1f} | {row['implied']:.2f} "
+            f"| {row['implied_sd']:.2f} |"
+        )
+    lines += [
+        "",
+        f"| patches an object covers (a quarter or more) | objects | head {layer}.{head}: its look / the first "
+        "token's (target 1) | sd |",
+        "|---|---|---|---|",
+    ]
+    for key, row in result.by_patches.items():
+        lines.append(f"| {key} | {row['objects']} | {row['share']:.2f} | {row['share_sd']:.2f} |")
     return "\n".join(lines)

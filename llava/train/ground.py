@@ -19,7 +19,10 @@ attention heads are taught where to look, each patch weighted by how much of it 
   after one of those nouns (the objects of the colour named before it, if one is: "red shapes", "red
   triangle"), look at the first token and at each matching object equally, 1/(k+1) each for k objects, so the
   first token's share says how many there are, none included ("a red triangle?" beside a red square and a blue
-  triangle: all on the first token). Other heads than those the look-ups above use, so these keep their targets;
+  triangle: all on the first token). An object's share is spread over the patches by how much of each its box
+  covers, or, with `count_center`, bilinearly over the (up to) four patches around its box's centre, so a head
+  need not know how many patches an object covers to give each the same share. Other heads than those the
+  look-ups above use, so these keep their targets;
 - layer 1, head 2: in an object phrase of an answer ("a large red circle", "the red circle"), at the article,
   size and colour words (each predicts the next word of the phrase: which object a description names next, or
   which one is "furthest to the right", is chosen here), the object the phrase names;
@@ -163,12 +166,14 @@ def example_targets(
     absent: bool = False,
     count: bool = False,
     linked: ObjectWords | None = None,
+    count_center: bool = False,
 ) -> list[Target]:
     """The supervised positions of one example: its shape and colour words after the picture whose
     objects are in the scene (a question about an absent shape has nothing to look at), and the tokens
     right after those shape words; with `absent`, after every shape word, at the first token where the
     phrase names nothing there; with `count`, the counting heads at every shape and colour word and at
-    "shapes" / "objects", and after every one of those nouns; with `linked`, "object is a" after a colour
+    "shapes" / "objects", and after every one of those nouns (with `count_center`, each object's share on the
+    patches around its centre); with `linked`, "object is a" after a colour
     word (NEXT_HEAD, the objects of that colour)."""
     ids = example.input_ids
     if image_token_id not in ids:
@@ -182,7 +187,7 @@ def example_targets(
         ids, start + n_image_tokens, scene.objects, words, absent, count, linked
     ):
         if layer_head in (COUNT_HEAD, PAIR_COUNT_HEAD):
-            out.append(Target(pos, *layer_head, 0, _counted(objects, grid, start)))
+            out.append(Target(pos, *layer_head, 0, _counted(objects, grid, start, count_center)))
         elif objects:
             out.append(Target(pos, *layer_head, start, _cover(objects, grid)))
         else:  # nothing to find: the first token, so "found it or not" is one signal, not half a match
@@ -234,20 +239,37 @@ def _cover(objects, grid: int) -> torch.Tensor:
     return _cover_of(tuple(o.box for o in objects), grid)
 
 
+def center_spread(box: tuple[float, float, float, float], grid: int) -> torch.Tensor:
+    """(grid*grid,) weight 1 over the (up to) four patches whose centres surround the box's centre, bilinear in
+    the distance to each, row-major as `box_cover`."""
+    out = torch.zeros(grid, grid)
+    fx = min(max((box[0] + box[2]) / 2 * grid - 0.5, 0.0), grid - 1.0)  # in patch units from the first centre
+    fy = min(max((box[1] + box[3]) / 2 * grid - 0.5, 0.0), grid - 1.0)
+    x0, y0 = min(int(fx), grid - 2), min(int(fy), grid - 2)
+    ax, ay = fx - x0, fy - y0
+    out[y0 : y0 + 2, x0 : x0 + 2] = torch.tensor([[(1 - ax) * (1 - ay), ax * (1 - ay)], [(1 - ax) * ay, ax * ay]])
+    return out.flatten()
+
+
 @functools.lru_cache(maxsize=1 << 16)
-def _counted_of(boxes: tuple[tuple[float, float, float, float], ...], grid: int, image_start: int) -> torch.Tensor:
+def _counted_of(
+    boxes: tuple[tuple[float, float, float, float], ...], grid: int, image_start: int, center: bool
+) -> torch.Tensor:
     weights = torch.zeros(image_start + grid * grid)
     weights[0] = 1.0
     for box in boxes:
-        cover = _box_cover(box, grid)
-        weights[image_start:] += cover / cover.sum()
+        if center:
+            weights[image_start:] += center_spread(box, grid)
+        else:
+            cover = _box_cover(box, grid)
+            weights[image_start:] += cover / cover.sum()
     return weights / weights.sum()
 
 
-def _counted(objects, grid: int, image_start: int) -> torch.Tensor:
-    """Over positions 0..the last image token: the first token and each object (spread by how much of each
-    patch its box covers) 1/(k+1) each."""
-    return _counted_of(tuple(o.box for o in objects), grid, image_start)
+def _counted(objects, grid: int, image_start: int, center: bool = False) -> torch.Tensor:
+    """Over positions 0..the last image token: the first token and each object 1/(k+1) each, an object's share
+    spread by how much of each patch its box covers, or (`center`) on the patches around its box's centre."""
+    return _counted_of(tuple(o.box for o in objects), grid, image_start, center)
 
 
 def grounding_targets(
@@ -261,9 +283,10 @@ def grounding_targets(
     link: bool = False,
     described: bool = False,
     extreme: float = 0.0,
+    count_center: bool = False,
 ) -> list[list[Target]]:
     """Targets of every example, in order: its words' objects (examples with a picture, and with `described`
-    those whose text context describes one: `described_targets`; `absent`, `count`, `link`: see
+    those whose text context describes one: `described_targets`; `absent`, `count`, `link`, `count_center`: see
     `example_targets`; `extreme` > 0: `extreme_targets`, with that `importance`) and its option look-ups
     (examples that answer "The answer is X.")."""
     words = word_ids(tokenizer)
@@ -274,7 +297,9 @@ def grounding_targets(
         targets = option_targets(e, pieces)
         if e.image is not None:
             scene = scenes[e.image]
-            targets += example_targets(e, scene, words, image_token_id, n_image_tokens, absent, count, linked)
+            targets += example_targets(
+                e, scene, words, image_token_id, n_image_tokens, absent, count, linked, count_center
+            )
             targets += phrase_targets(e, scene, pieces, image_token_id, n_image_tokens)
             if extreme:
                 targets += extreme_targets(e, scene, pieces, image_token_id, n_image_tokens, extreme)

@@ -38,6 +38,9 @@ class StageConfig:
     # two more heads look at the first token and each object named, equally, so the first token's share counts
     # them (llava.train.ground, `count`); see PipelineConfig.stage2 for what it did
     ground_count: bool = False
+    # with ground_count, each object's share of a counting head's look on the patches around its box's centre
+    # instead of over its whole box (llava.train.ground, `count_center`); see PipelineConfig.stage2
+    ground_count_center: bool = False
     # after a colour word, "object is a" looks at the objects of that colour too ("The blue object is a" ->
     # circle), as the token after a shape word does (llava.train.ground, `linked`)
     ground_link: bool = False
@@ -67,6 +70,7 @@ def stage_targets(stage: StageConfig, examples: Sequence[Example], scenes, token
         stage.ground_link,
         stage.ground_described,
         stage.ground_extreme,
+        stage.ground_count_center,
     )
 
 

@@ -11,11 +11,12 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 from llava.data import teacher
 from llava.data.build import instruct_records, make_pictures
 from llava.data.world import sample_scene, scene_context
-from llava.train.features import llava_loss, vision_features
+from llava.train.clip import object_centers
+from llava.train.features import llava_logits, llava_loss, vision_features
 from llava.train.loop import OptimConfig
 from llava.train.pixels import normalize, to_uint8
 from llava.train.sequences import collate, encode_record, render_with_spans
-from llava.train.stages import StageConfig, run_stage, set_trainable
+from llava.train.stages import StageConfig, place_loss, run_stage, set_trainable
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +99,51 @@ def test_stages_update_only_their_parts(tiny_ckpt, train_lm):
     assert any(k.startswith("model.language_model") for k in changed) == train_lm
     with pytest.raises(KeyError, match="no cached features"):
         run_stage(model, examples, feats, {}, cfg, progress=False)
+
+
+def test_the_place_read_out_reads_each_layers_object_tokens(tiny_ckpt):
+    processor = AutoProcessor.from_pretrained(tiny_ckpt)
+    model = LlavaForConditionalGeneration.from_pretrained(tiny_ckpt)
+    rng = random.Random(5)
+    pictures = make_pictures(rng, 8, "p")
+    pixels = to_uint8([p.image() for p in pictures], processor.image_processor)
+    feats = vision_features(model, pixels, lambda x: normalize(x, processor.image_processor))
+    index = {p.name: i for i, p in enumerate(pictures)}
+    examples = [encode_record(r, processor.tokenizer, _n_image(model)) for r in instruct_records(pictures, rng)]
+    vision, text = model.config.vision_config, model.config.text_config
+    grid, layers = vision.image_size // vision.patch_size, text.num_hidden_layers
+    centers = object_centers([p.scene for p in pictures], grid, 0.25)
+    # the loss: at every layer's output, each object token's read-out against its object's centre, squared error
+    # averaged over the object tokens, then over the layers
+    batch = collate(examples[:3], processor.tokenizer.pad_token_id)
+    rows = [index[name] for name in batch.images]
+    with torch.no_grad():
+        _, outs = llava_logits(model, batch.input_ids, batch.attention_mask, feats[rows], keep_layers=layers + 1)
+    heads = [torch.nn.Linear(text.hidden_size, 2) for _ in range(layers)]
+    slots = batch.input_ids == model.config.image_token_id
+    want = []
+    for head, out in zip(heads, outs[1:], strict=True):
+        errors = []
+        for b, row in enumerate(rows):
+            tokens = out[b, slots[b]]  # this row's picture, patch by patch
+            for k in range(grid * grid):
+                if not torch.isnan(centers[row, k, 0]):
+                    errors.append(((head(tokens[k]) - centers[row, k]) ** 2).mean())
+        want.append(torch.stack(errors).mean())
+    with torch.no_grad():
+        got = place_loss(heads, outs[1:], slots, centers[rows])
+    assert torch.isclose(got, torch.stack(want).mean(), rtol=1e-4)
+    # a stage with it needs the centres; with them it trains the LM differently, the tower not at all
+    cfg = StageConfig("t", 4, OptimConfig(steps=4, lr=3e-3, warmup=1), train_lm=True, place_weight=1.0)
+    with pytest.raises(ValueError, match="centres of every picture"):
+        run_stage(model, examples, feats, index, cfg, progress=False)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    placed = run_stage(model, examples, feats, index, cfg, progress=False, centers=centers)
+    trained = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(start)
+    cfg.place_weight = 0.0
+    plain = run_stage(model, examples, feats, index, cfg, progress=False)
+    assert placed.losses[0] > plain.losses[0]  # the same first batch, plus the read-out's error
+    differ = {k for k, v in model.state_dict().items() if not torch.equal(v, trained[k])}
+    assert any(k.startswith("model.language_model") for k in differ)
+    assert not any(k.startswith("model.vision_tower") for k in differ)

@@ -170,6 +170,8 @@ def stage_table(report, final_stage: str) -> str:
 GROUNDING_OPTIONS = (  # StageConfig flag -> what it adds, for the card
     ("ground_count", "two more heads count the objects a word names by how much they look away from the first token"),
     ("ground_count_center", "the counting heads look at each object's centre, not over its whole box"),
+    ("place_weight", "every object token reads out its object's centre from each language-model layer (a head dropped "
+     "after training)"),
     ("ground_absent", "the token after a phrase that names nothing in the picture looks at the first token"),
     ("ground_link", '"object is a" after a colour word looks at that colour\'s objects'),
     ("ground_described", "in a problem whose text describes a picture, the same look-ups find the objects' phrases"),

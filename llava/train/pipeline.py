@@ -41,7 +41,7 @@ from llava.data.build import RENDERERS, Picture, instruct_records, make_pictures
 from llava.data.scienceqa import to_instruct
 from llava.data.sqa_world import check_maker_weights, check_shares, make_problems
 from llava.model.tiny import build_config, build_processor, save_checkpoint, train_tokenizer
-from llava.train.clip import build_clip, pretrain_clip
+from llava.train.clip import build_clip, object_centers, pretrain_clip
 from llava.train.config import PipelineConfig
 from llava.train.corpus import build_corpus, lookup_record
 from llava.train.features import vision_features
@@ -413,8 +413,20 @@ def finetune_chat(
             examples = pack_by_picture(examples)
         report.data["chat_rows"] = len(examples)
         ground = _grounding(cfg.stage2, examples, pictures, tokenizer, config, report, "chat")
+        centers = None
+        if cfg.stage2.place_weight:
+            vision = config.vision_config
+            centers = object_centers([p.scene for p in pictures], vision.image_size // vision.patch_size, 0.25)
         report.histories["stage2-chat"] = run_stage(
-            model, examples, feats, index, cfg.stage2, progress=cfg.progress, ground=ground, on_step=on_step
+            model,
+            examples,
+            feats,
+            index,
+            cfg.stage2,
+            progress=cfg.progress,
+            ground=ground,
+            on_step=on_step,
+            centers=centers,
         )
         report.data["chat_records"] = len(records)
         report.data["chat_turns"] = sum(len(r["conversations"]) // 2 for r in records)

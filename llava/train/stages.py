@@ -14,6 +14,7 @@ import torch
 from transformers import LlamaForCausalLM, LlavaForConditionalGeneration
 
 from llava.train.attention import training_attention
+from llava.train.clip import center_loss
 from llava.train.compiled import compiled_layers
 from llava.train.features import llava_logits, next_token_loss
 from llava.train.ground import Target, check_heads, grounding_loss, grounding_targets, layers_needed
@@ -51,6 +52,10 @@ class StageConfig:
     # word, then at the object (llava.train.ground, `extreme_targets`); > 0: on, the two looks at the object
     # weighted that much in the loss
     ground_extreme: float = 0.0
+    # every image token an object covers (a quarter or more) reads out that object's centre (x, y) from each decoder
+    # layer's output, through linear heads dropped after the stage, as CLIP's `center_weight` does on the tower's
+    # layer -2 (`place_loss`); the weight of that mean squared error (picture side = 1); 0: off
+    place_weight: float = 0.0
     # a picture's records in one row, sharing the system prompt and image tokens (llava.train.sequences.pack):
     # the same logits per token, about half the tokens with 4 records a picture
     pack: bool = False
@@ -97,10 +102,12 @@ def run_stage(
     progress: bool = True,
     ground: Sequence[Sequence[Target]] | None = None,
     on_step: Callable[[], None] | None = None,
+    centers: torch.Tensor | None = None,
 ) -> History:
     """Train on `examples`, whose pictures' features are rows of `features` named by `feature_index`;
     `ground[i]` are the grounding targets of `examples[i]` (needed when `cfg.ground_weight` > 0); `on_step` as
-    `llava.train.loop.train` takes it."""
+    `llava.train.loop.train` takes it; `centers` (rows of `features`, patches, 2) each patch's object centre, NaN
+    where none covers it (`llava.train.clip.object_centers`; needed when `cfg.place_weight` > 0)."""
     missing = {e.image for e in examples if e.image is not None and e.image not in feature_index}
     if missing:
         raise KeyError(f"{len(missing)} pictures have no cached features, e.g. {sorted(missing)[:3]}")
@@ -109,6 +116,13 @@ def run_stage(
     if cfg.ground_weight:
         check_heads(model, ground)
     keep = layers_needed(ground) if cfg.ground_weight else 1
+    heads = None
+    if cfg.place_weight:
+        if centers is None or len(centers) != len(features):
+            raise ValueError(f"{cfg.name}: place_weight={cfg.place_weight} needs the centres of every picture")
+        text = model.config.text_config
+        heads = torch.nn.ModuleList(torch.nn.Linear(text.hidden_size, 2) for _ in range(text.num_hidden_layers))
+        keep = text.num_hidden_layers + 1  # the embeddings, then every layer's output
     set_trainable(model, cfg.train_lm)
     model.train()
     batches = length_grouped_batches(examples, cfg.batch_size, random.Random(cfg.seed))
@@ -128,12 +142,28 @@ def run_stage(
             loss = loss + cfg.ground_weight * grounding_loss(
                 model, layer_inputs, batch.attention_mask, targets, batch.segments, batch.position_ids
             )
+        if heads is not None:
+            slots = batch.input_ids == model.config.image_token_id
+            loss = loss + cfg.place_weight * place_loss(heads, layer_inputs[1:], slots, centers[rows])
         return loss
 
+    params = list(model.parameters()) + (list(heads.parameters()) if heads is not None else [])
     with training_attention(model), compiled_layers(model.model.language_model.layers, cfg.optim.compile):
-        history = train(model.parameters(), loss_fn, cfg.optim, cfg.name, evaluate, eval_every, progress, on_step)
+        history = train(params, loss_fn, cfg.optim, cfg.name, evaluate, eval_every, progress, on_step)
     model.eval()
     return history
+
+
+def place_loss(
+    heads: Sequence[torch.nn.Module], layer_outputs: Sequence[torch.Tensor], slots: torch.Tensor, centers: torch.Tensor
+) -> torch.Tensor:
+    """Mean over layers of `center_loss`: `layer_outputs[l]` (B, T, H) read out by `heads[l]` at the image
+    tokens (`slots`, (B, T) boolean, one picture's tokens after another's) against `centers` (pictures, P, 2)."""
+    n, patches = centers.shape[:2]
+    losses = [
+        center_loss(head, h[slots].view(n, patches, -1), centers) for head, h in zip(heads, layer_outputs, strict=True)
+    ]
+    return torch.stack(losses).mean()
 
 
 def pretrain_lm(

@@ -77,16 +77,22 @@ def test_set_trainable(parts):
     assert not any(p.requires_grad for p in model.model.vision_tower.parameters())
 
 
-@pytest.mark.parametrize("train_lm", [False, True])
-def test_stages_update_only_their_parts(tiny_ckpt, train_lm):
+def _stage_data(tiny_ckpt, seed: int, n_pictures: int):
+    """A fresh tiny model, its processor, pictures, their cached features and index, and instruction examples."""
     processor = AutoProcessor.from_pretrained(tiny_ckpt)
     model = LlavaForConditionalGeneration.from_pretrained(tiny_ckpt)
-    rng = random.Random(3)
-    pictures = make_pictures(rng, 12, "p")
+    rng = random.Random(seed)
+    pictures = make_pictures(rng, n_pictures, "p")
     pixels = to_uint8([p.image() for p in pictures], processor.image_processor)
     feats = vision_features(model, pixels, lambda x: normalize(x, processor.image_processor))
     index = {p.name: i for i, p in enumerate(pictures)}
     examples = [encode_record(r, processor.tokenizer, _n_image(model)) for r in instruct_records(pictures, rng)]
+    return model, processor, pictures, feats, index, examples
+
+
+@pytest.mark.parametrize("train_lm", [False, True])
+def test_stages_update_only_their_parts(tiny_ckpt, train_lm):
+    model, processor, pictures, feats, index, examples = _stage_data(tiny_ckpt, 3, 12)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = StageConfig("t", 4, OptimConfig(steps=8, lr=3e-3, warmup=1), train_lm=train_lm)
     history = run_stage(model, examples, feats, index, cfg, progress=False)
@@ -102,14 +108,7 @@ def test_stages_update_only_their_parts(tiny_ckpt, train_lm):
 
 
 def test_the_place_read_out_reads_each_layers_object_tokens(tiny_ckpt):
-    processor = AutoProcessor.from_pretrained(tiny_ckpt)
-    model = LlavaForConditionalGeneration.from_pretrained(tiny_ckpt)
-    rng = random.Random(5)
-    pictures = make_pictures(rng, 8, "p")
-    pixels = to_uint8([p.image() for p in pictures], processor.image_processor)
-    feats = vision_features(model, pixels, lambda x: normalize(x, processor.image_processor))
-    index = {p.name: i for i, p in enumerate(pictures)}
-    examples = [encode_record(r, processor.tokenizer, _n_image(model)) for r in instruct_records(pictures, rng)]
+    model, processor, pictures, feats, index, examples = _stage_data(tiny_ckpt, 5, 8)
     vision, text = model.config.vision_config, model.config.text_config
     grid, layers = vision.image_size // vision.patch_size, text.num_hidden_layers
     centers = object_centers([p.scene for p in pictures], grid, 0.25)

@@ -86,6 +86,19 @@ def _first_end_after(ids: torch.Tensor, word_ids: list[int], start: int) -> int:
     raise ValueError(f"token sequence {word_ids} not in the prompt")
 
 
+def _forced(loaded: LoadedModel, image, question: str, answer_head: str) -> tuple:
+    """The model's output (with attentions) on `question` about `image` and the start of an answer; the prompt's
+    ids (1-D, on the CPU) and the positions of its image tokens."""
+    conv = conv_templates[loaded.template or "llava_v0"].copy()
+    conv.append_message(conv.roles[0], (question, image, "Default"))
+    conv.append_message(conv.roles[1], None)
+    prompt = f"{conv.get_prompt()} {answer_head}"
+    inputs = loaded.processor(images=[image], text=prompt, return_tensors="pt").to(loaded.model.device)
+    out = loaded.model(**inputs, output_attentions=True)
+    ids = inputs["input_ids"][0].cpu()
+    return out, ids, (ids == loaded.model.config.image_token_id).nonzero().flatten()
+
+
 @torch.no_grad()
 def look(loaded: LoadedModel, n_pictures: int, key: str, renderer: str = "primary", seed: int = 77) -> Look:
     """Probe the `key`-keyed look-up (see the module docstring) on `n_pictures` held-out pictures."""
@@ -113,14 +126,7 @@ def look(loaded: LoadedModel, n_pictures: int, key: str, renderer: str = "primar
                 continue
             value = rng.choice(unique)
             obj = next(o for o in scene.objects if getattr(o, key) == value)
-            conv = conv_templates[loaded.template or "llava_v0"].copy()
-            conv.append_message(conv.roles[0], (question.format(value), image, "Default"))
-            conv.append_message(conv.roles[1], None)
-            prompt = f"{conv.get_prompt()} {head.format(value)}"
-            inputs = processor(images=[image], text=prompt, return_tensors="pt").to(model.device)
-            out = model(**inputs, output_attentions=True)
-            ids = inputs["input_ids"][0].cpu()
-            image_pos = (ids == model.config.image_token_id).nonzero().flatten()
+            out, ids, image_pos = _forced(loaded, image, question.format(value), head.format(value))
             word = tokenizer(" " + value, add_special_tokens=False)["input_ids"]
             word_pos = _first_end_after(ids, word, int(image_pos[-1]) + 1)  # the question's key word
             on_object = (box_cover(obj.box, grid) > 0).float()
@@ -208,14 +214,7 @@ def count_look(
             scene = sample_scene(rng)
             image = draw(scene, renderer, rng)
             k = len(scene.objects)
-            conv = conv_templates[loaded.template or "llava_v0"].copy()
-            conv.append_message(conv.roles[0], (COUNT_QUESTION, image, "Default"))
-            conv.append_message(conv.roles[1], None)
-            prompt = f"{conv.get_prompt()} There {'is' if k == 1 else 'are'}"
-            inputs = processor(images=[image], text=prompt, return_tensors="pt").to(model.device)
-            out = model(**inputs, output_attentions=True)
-            ids = inputs["input_ids"][0].cpu()
-            image_pos = (ids == model.config.image_token_id).nonzero().flatten()
+            out, ids, image_pos = _forced(loaded, image, COUNT_QUESTION, f"There {'is' if k == 1 else 'are'}")
             word_pos = _first_end_after(ids, shapes, int(image_pos[-1]) + 1)
             look = out.attentions[head[0]][0, head[1], word_pos].float().cpu()
             first, on_image = float(look[0]), look[image_pos]

@@ -11,8 +11,8 @@
 The first two draw fresh held-out pictures; the next two read real ScienceQA files (LLaVA's answer
 files are JSON Lines of `{"question_id", "text"}`). `look` shows where the model attends when it answers
 about one object, and how its counting head counts (see `llava.eval.look`). `compare` pairs two models' saved
-answers to the same draw (`chat --save-answers`, `sqa --save-predictions`) question by question. Tables go to stdout, `--json` writes
-the numbers.
+answers to the same draw (`chat --save-answers`, `sqa --save-predictions`) question by question. Tables go to
+stdout, `--json` writes the numbers.
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def run_compare(args: argparse.Namespace) -> dict:
 
 
 def run_look(args: argparse.Namespace) -> dict:
-    from llava.eval.look import COUNT_QUESTION, LOOKUPS, count_look, count_markdown, look, markdown
+    from llava.eval.look import COUNT_QUESTION, LOOKUPS, count_look, count_markdown, has_head, look, markdown
     from llava.model.loader import load_pretrained
     from llava.train.ground import COUNT_HEAD
 
@@ -195,8 +195,7 @@ def run_look(args: argparse.Namespace) -> dict:
     print(f"\n{args.model}: where the model attends when a question names one object ({args.renderer} renderer)\n")
     print(markdown(looks))
     result = {lk.key: lk.to_json() for lk in looks}
-    text = loaded.model.config.text_config
-    if COUNT_HEAD[0] < text.num_hidden_layers and COUNT_HEAD[1] < text.num_attention_heads:
+    if has_head(loaded.model, COUNT_HEAD):
         counted = count_look(loaded, args.pictures, args.renderer, args.seed)
         print(f'\n"{COUNT_QUESTION}" teacher-forced to "There are", and the counting head at "shapes"\n')
         print(count_markdown(counted))

@@ -182,6 +182,12 @@ class CountLook:
         }
 
 
+def has_head(model, head: tuple[int, int]) -> bool:
+    """Whether the language model has that (layer, head)."""
+    text = model.config.text_config
+    return head[0] < text.num_hidden_layers and head[1] < text.num_attention_heads
+
+
 def _mean_sd(values: list[float]) -> tuple[float, float]:
     t = torch.tensor(values, dtype=torch.float64)
     return float(t.mean()), float(t.std(unbiased=False))
@@ -194,7 +200,7 @@ def count_look(
     """Probe the whole count and the counting `head` (layer, head) on `n_pictures` held-out pictures."""
     model, processor = loaded.model, loaded.processor
     text = model.config.text_config
-    if not (head[0] < text.num_hidden_layers and head[1] < text.num_attention_heads):
+    if not has_head(model, head):
         raise ValueError(
             f"the model has no head {head} ({text.num_hidden_layers} layers of {text.num_attention_heads})"
         )

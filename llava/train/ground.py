@@ -173,8 +173,8 @@ def example_targets(
     right after those shape words; with `absent`, after every shape word, at the first token where the
     phrase names nothing there; with `count`, the counting heads at every shape and colour word and at
     "shapes" / "objects", and after every one of those nouns (with `count_center`, each object's share on the
-    patches around its centre); with `linked`, "object is a" after a colour
-    word (NEXT_HEAD, the objects of that colour)."""
+    patches around its centre); with `linked`, "object is a" after a colour word (NEXT_HEAD, the objects of that
+    colour)."""
     ids = example.input_ids
     if image_token_id not in ids:
         return []

@@ -146,3 +146,11 @@ def test_the_place_read_out_reads_each_layers_object_tokens(tiny_ckpt):
     differ = {k for k, v in model.state_dict().items() if not torch.equal(v, trained[k])}
     assert any(k.startswith("model.language_model") for k in differ)
     assert not any(k.startswith("model.vision_tower") for k in differ)
+    # on the first layer only: still an extra error; no more layers than the LM has
+    model.load_state_dict(start)
+    cfg.place_weight, cfg.place_layers = 1.0, 1
+    first = run_stage(model, examples, feats, index, cfg, progress=False, centers=centers)
+    assert first.losses[0] > plain.losses[0]
+    cfg.place_layers = layers + 1
+    with pytest.raises(ValueError, match=f"place_layers={layers + 1}, the LM has {layers}"):
+        run_stage(model, examples, feats, index, cfg, progress=False, centers=centers)

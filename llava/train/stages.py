@@ -56,6 +56,8 @@ class StageConfig:
     # layer's output, through linear heads dropped after the stage, as CLIP's `center_weight` does on the tower's
     # layer -2 (`place_loss`); the weight of that mean squared error (picture side = 1); 0: off
     place_weight: float = 0.0
+    # with place_weight, the read-out on the first this many decoder layers' outputs only; 0: on every layer
+    place_layers: int = 0
     # a picture's records in one row, sharing the system prompt and image tokens (llava.train.sequences.pack):
     # the same logits per token, about half the tokens with 4 records a picture
     pack: bool = False
@@ -121,8 +123,11 @@ def run_stage(
         if centers is None or len(centers) != len(features):
             raise ValueError(f"{cfg.name}: place_weight={cfg.place_weight} needs the centres of every picture")
         text = model.config.text_config
-        heads = torch.nn.ModuleList(torch.nn.Linear(text.hidden_size, 2) for _ in range(text.num_hidden_layers))
-        keep = text.num_hidden_layers + 1  # the embeddings, then every layer's output
+        read = cfg.place_layers or text.num_hidden_layers
+        if not 0 < read <= text.num_hidden_layers:
+            raise ValueError(f"{cfg.name}: place_layers={cfg.place_layers}, the LM has {text.num_hidden_layers}")
+        heads = torch.nn.ModuleList(torch.nn.Linear(text.hidden_size, 2) for _ in range(read))
+        keep = max(keep, read + 1)  # the embeddings, then the read layers' outputs
     set_trainable(model, cfg.train_lm)
     model.train()
     batches = length_grouped_batches(examples, cfg.batch_size, random.Random(cfg.seed))
@@ -144,7 +149,8 @@ def run_stage(
             )
         if heads is not None:
             slots = batch.input_ids == model.config.image_token_id
-            loss = loss + cfg.place_weight * place_loss(heads, layer_inputs[1:], slots, centers[rows])
+            outputs = layer_inputs[1 : len(heads) + 1]
+            loss = loss + cfg.place_weight * place_loss(heads, outputs, slots, centers[rows])
         return loss
 
     params = list(model.parameters()) + (list(heads.parameters()) if heads is not None else [])

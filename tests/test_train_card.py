@@ -131,6 +131,8 @@ def test_the_card_names_the_look_ups_a_stage_switched_on():
     line = grounding_options({"ground_link": True, "ground_extreme": 10.0, "ground_described": False})
     assert line.startswith(" Also: ") and line.endswith(".") and line.count(";") == 1
     assert "colour's objects" in line and "Which object is highest?" in line and "description" not in line
+    assert "from the first 2 language-model layers" in grounding_options({"place_weight": 10.0, "place_layers": 2})
+    assert "from every language-model layer" in grounding_options({"place_weight": 1.0, "place_layers": 0})
 
 
 def test_the_card_says_which_kinds_of_question_were_asked_more():

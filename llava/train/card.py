@@ -170,7 +170,7 @@ def stage_table(report, final_stage: str) -> str:
 GROUNDING_OPTIONS = (  # StageConfig flag -> what it adds, for the card
     ("ground_count", "two more heads count the objects a word names by how much they look away from the first token"),
     ("ground_count_center", "the counting heads look at each object's centre, not over its whole box"),
-    ("place_weight", "every object token reads out its object's centre from each language-model layer (a head dropped "
+    ("place_weight", "every object token reads out its object's centre from {place_layers} (a head per layer, dropped "
      "after training)"),
     ("ground_absent", "the token after a phrase that names nothing in the picture looks at the first token"),
     ("ground_link", '"object is a" after a colour word looks at that colour\'s objects'),
@@ -182,7 +182,10 @@ GROUNDING_OPTIONS = (  # StageConfig flag -> what it adds, for the card
 
 def grounding_options(stage: dict) -> str:
     """The card's sentence on the look-ups a stage's config (`StageConfig` as JSON) switched on; "" if none."""
-    extras = [text for key, text in GROUNDING_OPTIONS if stage.get(key)]
+    layers = stage.get("place_layers")
+    where = f"the first {layers} language-model layers" if layers else "every language-model layer"
+    where = "the first language-model layer" if layers == 1 else where
+    extras = [text.format(place_layers=where) for key, text in GROUNDING_OPTIONS if stage.get(key)]
     return " Also: " + "; ".join(extras) + "." if extras else ""
 
 

@@ -133,17 +133,17 @@ class PipelineConfig:
             # times, at --seed 2 three objects in 2 colours missed 26 -> 17 times. The head itself is no more exact
             # teacher-forced (at --seed 1: deviation 0.26-0.82, small objects 0.79-0.93): the gain is in what reads it
             ground_count_center=True,
-            # every object token reads out its object's centre (x, y) through linear heads on the first two LM
-            # layers' outputs (`place_weight` 10, `place_layers` 2): teacher-forced, a ridge probe from an object's
-            # tokens to its centre (500 pictures, own renderer) read x at R^2 0.86 from the projector's output but
-            # 0.69 after the LM's first layer and 0.36 after the last (y: 0.89, then 0.95-0.98) without it in the
-            # `--seed 1` stage; the chat weights shipped before kept x at 0.84-0.93. Same stage 1 and seed, seeds 2626/3838/5656,
-            # 200 pictures a renderer, `compare` against the stage without it: `where` 51.0 -> 99.6% (575 against 0
-            # answers right from one model only), count 94.8 -> 96.8 (37 against 14, p = 0.002), but yes/no 99.8 ->
-            # 98.7 (1 against 14, p = 0.001), count kind 94.0 -> 92.4 (p = 0.04); the five target kinds 97.3 -> 97.0
-            # (p = 0.31); x at R^2 0.98-0.995 through layer 3, 0.96 after the last. On every layer at 10: where 99.1,
-            # but yes/no 93.3 ("Yes, there is a large orange square at the top left." to a hard No), count kind 91.2,
-            # targets 94.9; on every layer at 1: where 98.1, yes/no 99.7, count 93.3, count kind 92.0, targets 96.4
+            # every object token reads out its object's centre (x, y) through linear heads on the first two LM layers'
+            # outputs (`place_weight` 10, `place_layers` 2): teacher-forced, a ridge probe from an object's tokens to
+            # its centre (500 pictures, own renderer) read x at R^2 0.86 from the projector's output but 0.69 after the
+            # LM's first layer and 0.36 after the last (y: 0.89, then 0.95-0.98) without it in the `--seed 1` stage; the
+            # chat weights shipped before kept x at 0.84-0.93. Same stage 1 and seed, seeds 2626/3838/5656, 200 pictures
+            # a renderer, `compare` against the stage without it: `where` 51.0 -> 99.6% (575 against 0 answers right
+            # from one model only), count 94.8 -> 96.8 (37 against 14, p = 0.002), but yes/no 99.8 -> 98.7 (1 against
+            # 14, p = 0.001), count kind 94.0 -> 92.4 (p = 0.04); the five target kinds 97.3 -> 97.0 (p = 0.31); x at
+            # R^2 0.98-0.995 through layer 3, 0.96 after the last. On every layer at 10: where 99.1, but yes/no 93.3
+            # ("Yes, there is a large orange square at the top left." to a hard No), count kind 91.2, targets 94.9; on
+            # every layer at 1: where 98.1, yes/no 99.7, count 93.3, count kind 92.0, targets 96.4
             # On the first layer only (`place_layers` 1): where 99.3, and against the stage without it level on every
             # target kind (97.3 -> 97.2, p = 0.88; against two layers count kind 92.4 -> 93.8, p = 0.046, count 96.8 ->
             # 95.8, p = 0.09): not yet tried at another seed. The shipped chat weights are this recipe at `--seed 0`

@@ -1,4 +1,4 @@
-"""Seconds and FLOPs per stage-2 chat step at the full run's sizes, with and without the grounding loss.
+"""Seconds and FLOPs per stage-2 chat step at the full run's sizes, with and without the grounding losses.
 
     python -m llava.train.bench --pictures 1500 --steps 15
     python -m llava.train.bench --per-picture 1 --no-pack --batch 32   # another layout of the same data
@@ -8,7 +8,8 @@ Seconds per 1000 trained tokens (answers and their stops) compare layouts: packi
 one row (`llava.train.sequences.pack`) trains more of them per second than one record a row.
 
 Random weights: the time of a step does not depend on what the model knows, so no earlier stage is needed.
-The sequences, batch size and grounding targets are the full run's (`PipelineConfig`). The FLOPs are
+The sequences, batch size and grounding targets are the full run's (`PipelineConfig`); "grounding" is the
+attention targets and the place read-out (`place_weight`) as the full run has them, "no grounding" neither. The FLOPs are
 torch's count of the same steps' matrix products (forward and backward; the optimiser's elementwise work is
 not counted), so FLOP/s against a plain matmul's, in the precision the steps train in, says how near the
 CPU's limit a step runs. Steps train as the full run's do: attention in float32, the layers compiled unless
@@ -30,6 +31,7 @@ from transformers.utils import logging as hf_logging
 
 from llava.data.build import instruct_records, make_pictures
 from llava.model.tiny import build_config, build_processor, train_tokenizer
+from llava.train.clip import object_centers
 from llava.train.config import PipelineConfig
 from llava.train.corpus import build_corpus
 from llava.train.loop import OptimConfig, fast_bf16, matmul_flops_per_second
@@ -70,19 +72,22 @@ def step_costs(
     trained = cfg.stage2.batch_size * sum(sum(t != IGNORE for t in e.labels) for e in examples) / len(examples)
     scenes = {p.name: p.scene for p in chosen}
     ground = stage_targets(cfg.stage2, examples, scenes, tokenizer, config)
+    grid = sizes.image_size // sizes.patch_size
+    centers = object_centers([p.scene for p in chosen], grid, 0.25) if cfg.stage2.place_weight else None
     out = {}
     compile = cfg.stage2.optim.compile
-    for name, weight in (("no grounding", 0.0), ("grounding", cfg.stage2.ground_weight)):
+    for name, on in (("no grounding", False), ("grounding", True)):
+        weight, place = (cfg.stage2.ground_weight, cfg.stage2.place_weight) if on else (0.0, 0.0)
         counter = FlopCounterMode(display=False)
         for mode in (counter, nullcontext()):  # counting slows a step down: the second run is the timed one
             optim = OptimConfig(steps=warmup + steps, lr=1e-4, warmup=1, compile=compile and mode is not counter)
-            stage = replace(cfg.stage2, name=name, optim=optim, ground_weight=weight)
+            stage = replace(cfg.stage2, name=name, optim=optim, ground_weight=weight, place_weight=place)
             model.load_state_dict(start_state)
             stamps: list[float] = []  # before each step
             with mode:
                 run_stage(
                     model, examples, feats, index, stage, progress=False, ground=ground if weight else None,
-                    on_step=_stamper(stamps),
+                    on_step=_stamper(stamps), centers=centers if place else None,
                 )  # fmt: skip
             stamps.append(time.perf_counter())
         seconds = (stamps[-1] - stamps[warmup]) / steps

@@ -9,8 +9,8 @@ one row (`llava.train.sequences.pack`) trains more of them per second than one r
 
 Random weights: the time of a step does not depend on what the model knows, so no earlier stage is needed.
 The sequences, batch size and grounding targets are the full run's (`PipelineConfig`); "grounding" is the
-attention targets and the place read-out (`place_weight`) as the full run has them, "no grounding" neither. The FLOPs are
-torch's count of the same steps' matrix products (forward and backward; the optimiser's elementwise work is
+attention targets and the place read-out (`place_weight`) as the full run has them, "no grounding" neither. The
+FLOPs are torch's count of the same steps' matrix products (forward and backward; the optimiser's elementwise work is
 not counted), so FLOP/s against a plain matmul's, in the precision the steps train in, says how near the
 CPU's limit a step runs. Steps train as the full run's do: attention in float32, the layers compiled unless
 `--no-compile`; the first `--warmup` steps (compilation, first allocations) are timed apart.
@@ -31,11 +31,10 @@ from transformers.utils import logging as hf_logging
 
 from llava.data.build import instruct_records, make_pictures
 from llava.model.tiny import build_config, build_processor, train_tokenizer
-from llava.train.clip import object_centers
 from llava.train.config import PipelineConfig
 from llava.train.corpus import build_corpus
 from llava.train.loop import OptimConfig, fast_bf16, matmul_flops_per_second
-from llava.train.pipeline import _encode, _features
+from llava.train.pipeline import _centers, _encode, _features
 from llava.train.sequences import IGNORE, pack_by_picture
 from llava.train.stages import run_stage, stage_targets
 
@@ -72,8 +71,7 @@ def step_costs(
     trained = cfg.stage2.batch_size * sum(sum(t != IGNORE for t in e.labels) for e in examples) / len(examples)
     scenes = {p.name: p.scene for p in chosen}
     ground = stage_targets(cfg.stage2, examples, scenes, tokenizer, config)
-    grid = sizes.image_size // sizes.patch_size
-    centers = object_centers([p.scene for p in chosen], grid, 0.25) if cfg.stage2.place_weight else None
+    centers = _centers(cfg.stage2, chosen, config)
     out = {}
     compile = cfg.stage2.optim.compile
     for name, on in (("no grounding", False), ("grounding", True)):

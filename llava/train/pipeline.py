@@ -116,6 +116,15 @@ def _encode(records: list[dict], tokenizer, n_image_tokens: int, max_len: int) -
     return examples
 
 
+def _centers(stage: StageConfig, pictures: list[Picture], config) -> torch.Tensor | None:
+    """Each picture's patches' object centres for the stage's place read-out (`object_centers`, objects covering
+    a quarter of a patch or more); None when the stage has none."""
+    if not stage.place_weight:
+        return None
+    vision = config.vision_config
+    return object_centers([p.scene for p in pictures], vision.image_size // vision.patch_size, 0.25)
+
+
 def _features(model, pictures: list[Picture], processor) -> tuple[torch.Tensor, dict[str, int]]:
     pixels = _pixels(pictures, processor)
     feats = vision_features(model, pixels, lambda x: normalize(x, processor.image_processor))
@@ -413,10 +422,7 @@ def finetune_chat(
             examples = pack_by_picture(examples)
         report.data["chat_rows"] = len(examples)
         ground = _grounding(cfg.stage2, examples, pictures, tokenizer, config, report, "chat")
-        centers = None
-        if cfg.stage2.place_weight:
-            vision = config.vision_config
-            centers = object_centers([p.scene for p in pictures], vision.image_size // vision.patch_size, 0.25)
+        centers = _centers(cfg.stage2, pictures, config)
         report.histories["stage2-chat"] = run_stage(
             model,
             examples,

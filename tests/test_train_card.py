@@ -133,6 +133,9 @@ def test_the_card_names_the_look_ups_a_stage_switched_on():
     assert "colour's objects" in line and "Which object is highest?" in line and "description" not in line
     assert "from the first 2 language-model layers" in grounding_options({"place_weight": 10.0, "place_layers": 2})
     assert "from every language-model layer" in grounding_options({"place_weight": 1.0, "place_layers": 0})
+    counting = grounding_options({"count_weight": 1.0, "count_layers": 2})
+    assert "reads out the number it counts from the first 2 language-model layers" in counting
+    assert "count" not in grounding_options({"count_weight": 0.0, "count_layers": 2})
 
 
 def test_the_card_says_which_kinds_of_question_were_asked_more():

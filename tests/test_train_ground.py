@@ -52,7 +52,7 @@ from llava.train.ground import (
 from llava.train.loop import OptimConfig
 from llava.train.pixels import normalize, to_uint8
 from llava.train.sequences import collate, encode_record
-from llava.train.stages import StageConfig, run_stage, stage_targets
+from llava.train.stages import StageConfig, count_readout_loss, count_targets, run_stage, stage_targets
 
 
 @pytest.fixture(scope="module")
@@ -589,3 +589,53 @@ def test_token_lookup_and_spread_keep_their_definitions():
             assert got is None
         else:
             assert torch.equal(got, plain / plain.sum())  # to the last bit
+
+
+def test_the_count_read_out_reads_the_number_each_counting_look_counts(tmp_path):
+    ckpt = build_tiny_checkpoint(tmp_path / "wide", seed=2, text_heads=8)
+    processor = AutoProcessor.from_pretrained(ckpt)
+    model = LlavaForConditionalGeneration.from_pretrained(ckpt)
+    tok, n_img = processor.tokenizer, model.config.image_seq_length
+    qas = [("How many red shapes are there?", "One."), ("How many circles?", "One.")]
+    example = encode_record(teacher.to_record("r", "x.png", qas), tok, n_img)
+    stage = StageConfig("t", 8, OptimConfig(steps=1, lr=1e-3, warmup=1), True, ground_weight=1.0, ground_count=True)
+    (targets,) = stage_targets(stage, [example], {"x.png": _scene()}, tok, model.config)
+    # each counting look's number is how many objects of _scene() it counts: "red" 1, "shapes" 3, "are" (red
+    # shapes) 1, "circles" 1, the token after it 1
+    counted = count_targets(targets)
+    words = [tok.decode([example.input_ids[p]]).strip().removesuffix("###") for p, _, _ in counted]
+    assert list(zip(words, [(layer, n) for _, layer, n in counted], strict=True)) == [
+        ("red", (0, 1)), ("shapes", (0, 3)), ("are", (1, 1)), ("circles", (0, 1)), ("?", (1, 1)),
+    ]  # fmt: skip
+    # the loss: every position's read-out on the layers from its head's on, one cross-entropy over all of them
+    batch = collate([example, example], tok.pad_token_id)
+    torch.manual_seed(0)
+    embeds = [torch.randn(2, batch.input_ids.shape[1], 16) for _ in range(2)]
+    heads = [torch.nn.Linear(16, 5) for _ in range(2)]
+    got = count_readout_loss(heads, embeds, [counted, counted[:2]])
+    reads = [(layer, b, p, n) for layer in (0, 1) for b, row in enumerate([counted, counted[:2]])
+             for p, head_layer, n in row if head_layer <= layer]  # fmt: skip
+    want = torch.stack([
+        torch.nn.functional.cross_entropy(heads[layer](embeds[layer][b, p]), torch.tensor(n))
+        for layer, b, p, n in reads
+    ]).mean()  # fmt: skip
+    assert len(reads) == (3 + 2) + (5 + 2) and torch.isclose(got, want)  # layer 0: the layer-0 looks only
+    assert float(count_readout_loss(heads, embeds, [[], []])) == 0.0
+    # a stage with it: the counting heads are needed, no more layers than the LM has; it adds to the loss
+    pictures = make_pictures(random.Random(4), 6, "c")
+    examples = [encode_record(r, tok, n_img) for r in instruct_records(pictures, random.Random(4))]
+    ground = stage_targets(stage, examples, {p.name: p.scene for p in pictures}, tok, model.config)
+    feats, index = _features(model, processor, pictures), {p.name: i for i, p in enumerate(pictures)}
+    stage.batch_size = 2
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    plain = run_stage(model, examples, feats, index, stage, progress=False, ground=ground)
+    model.load_state_dict(start)
+    stage.count_weight = 1.0
+    read = run_stage(model, examples, feats, index, stage, progress=False, ground=ground)
+    assert read.losses[0] > plain.losses[0]
+    stage.count_layers = model.config.text_config.num_hidden_layers + 1
+    with pytest.raises(ValueError, match="count_layers=3, the LM has 2"):
+        run_stage(model, examples, feats, index, stage, progress=False, ground=ground)
+    stage.count_layers, stage.ground_count = 2, False
+    with pytest.raises(ValueError, match="needs the counting heads"):
+        run_stage(model, examples, feats, index, stage, progress=False, ground=ground)

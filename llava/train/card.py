@@ -172,6 +172,8 @@ GROUNDING_OPTIONS = (  # StageConfig flag -> what it adds, for the card
     ("ground_count_center", "the counting heads look at each object's centre, not over its whole box"),
     ("place_weight", "every object token reads out its object's centre from {place_layers} (a head per layer, dropped "
      "after training)"),
+    ("count_weight", "every token a counting head looks from reads out the number it counts from {count_layers} (a "
+     "classifier per layer, dropped after training)"),
     ("ground_absent", "the token after a phrase that names nothing in the picture looks at the first token"),
     ("ground_link", '"object is a" after a colour word looks at that colour\'s objects'),
     ("ground_described", "in a problem whose text describes a picture, the same look-ups find the objects' phrases"),
@@ -185,7 +187,11 @@ def grounding_options(stage: dict) -> str:
     layers = stage.get("place_layers")
     where = f"the first {layers} language-model layers" if layers else "every language-model layer"
     where = "the first language-model layer" if layers == 1 else where
-    extras = [text.format(place_layers=where) for key, text in GROUNDING_OPTIONS if stage.get(key)]
+    counts = stage.get("count_layers", 0)
+    through = f"the first {counts} language-model layers" if counts != 1 else "the first language-model layer"
+    extras = [
+        text.format(place_layers=where, count_layers=through) for key, text in GROUNDING_OPTIONS if stage.get(key)
+    ]
     return " Also: " + "; ".join(extras) + "." if extras else ""
 
 

@@ -78,6 +78,7 @@ from llava.train.sequences import IGNORE, Example
 SHAPE_HEAD, COLOR_HEAD = (0, 0), (0, 1)  # (layer, head) that learn to look from shape / colour words
 NEXT_HEAD = (1, 0)  # ... from the token after a shape word
 COUNT_HEAD, PAIR_COUNT_HEAD = (0, 4), (1, 4)  # shape / colour word, token after a shape word -> first token + objects
+COUNTING_HEADS = (COUNT_HEAD, PAIR_COUNT_HEAD)
 OPTION_HEAD, SPAN_HEAD = (0, 2), (0, 3)  # option tokens -> their letter / the option's words so far
 PHRASE_HEAD = (1, 2)  # article, size, colour of an object phrase -> that object
 MENTION_HEAD, PICK_HEAD = (1, 1), (2, 0)  # letter position -> the answer's mention / the option's last word
@@ -186,7 +187,7 @@ def example_targets(
     for pos, layer_head, objects in word_looks(
         ids, start + n_image_tokens, scene.objects, words, absent, count, linked
     ):
-        if layer_head in (COUNT_HEAD, PAIR_COUNT_HEAD):
+        if layer_head in COUNTING_HEADS:
             out.append(Target(pos, *layer_head, 0, _counted(objects, grid, start, count_center)))
         elif objects:
             out.append(Target(pos, *layer_head, start, _cover(objects, grid)))
@@ -264,6 +265,11 @@ def _counted_of(
             cover = _box_cover(box, grid)
             weights[image_start:] += cover / cover.sum()
     return weights / weights.sum()
+
+
+def counted_number(target: Target) -> int:
+    """How many objects a counting head's target counts: the first token's share is 1/(k+1)."""
+    return round(1.0 / float(target.weights[0])) - 1
 
 
 def _counted(objects, grid: int, image_start: int, center: bool = False) -> torch.Tensor:
@@ -379,9 +385,7 @@ def described_targets(
         return Target(position, *layer_head, 0, _spread([o.tokens for o in objects], 0, end, first_token=True))
 
     out: list[Target | None] = [
-        counted(pos, layer_head, objects)
-        if layer_head in (COUNT_HEAD, PAIR_COUNT_HEAD)
-        else look(pos, layer_head, objects)
+        counted(pos, layer_head, objects) if layer_head in COUNTING_HEADS else look(pos, layer_head, objects)
         for pos, layer_head, objects in word_looks(ids, after, told, words, False, count, linked)
     ]
     out += [look(k, layer_head, objects) for k, layer_head, objects in phrase_looks(example, pieces, after, told)]

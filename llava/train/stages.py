@@ -13,11 +13,20 @@ from dataclasses import dataclass
 import torch
 from transformers import LlamaForCausalLM, LlavaForConditionalGeneration
 
+from llava.data.world import MAX_OBJECTS
 from llava.train.attention import training_attention
 from llava.train.clip import center_loss
 from llava.train.compiled import compiled_layers
 from llava.train.features import llava_logits, next_token_loss
-from llava.train.ground import Target, check_heads, grounding_loss, grounding_targets, layers_needed
+from llava.train.ground import (
+    COUNTING_HEADS,
+    Target,
+    check_heads,
+    counted_number,
+    grounding_loss,
+    grounding_targets,
+    layers_needed,
+)
 from llava.train.loop import History, OptimConfig, train
 from llava.train.sequences import IGNORE, Example, collate, length_grouped_batches
 
@@ -58,6 +67,12 @@ class StageConfig:
     place_weight: float = 0.0
     # with place_weight, the read-out on the first this many decoder layers' outputs only; 0: on every layer
     place_layers: int = 0
+    # every position a counting head learns to look from (`ground_count`: a shape or colour word, "shapes", the
+    # token after such a noun) reads out how many objects that head counts there, 0 to MAX_OBJECTS, through a
+    # linear classifier per layer (dropped after the stage) on the outputs of the layers from the counting head's
+    # own up to layer count_layers - 1 (`count_readout_loss`); the weight of that cross-entropy; 0: off
+    count_weight: float = 0.0
+    count_layers: int = 2
     # a picture's records in one row, sharing the system prompt and image tokens (llava.train.sequences.pack):
     # the same logits per token, about half the tokens with 4 records a picture
     pack: bool = False
@@ -128,6 +143,18 @@ def run_stage(
             raise ValueError(f"{cfg.name}: place_layers={cfg.place_layers}, the LM has {text.num_hidden_layers}")
         heads = torch.nn.ModuleList(torch.nn.Linear(text.hidden_size, 2) for _ in range(read))
         keep = max(keep, read + 1)  # the embeddings, then the read layers' outputs
+    counters, counted = None, None
+    if cfg.count_weight:
+        if not (cfg.ground_weight and cfg.ground_count):
+            raise ValueError(f"{cfg.name}: count_weight={cfg.count_weight} needs the counting heads (ground_count)")
+        text = model.config.text_config
+        if not 0 < cfg.count_layers <= text.num_hidden_layers:
+            raise ValueError(f"{cfg.name}: count_layers={cfg.count_layers}, the LM has {text.num_hidden_layers}")
+        counted = [count_targets(row) for row in ground]
+        counters = torch.nn.ModuleList(
+            torch.nn.Linear(text.hidden_size, MAX_OBJECTS + 1) for _ in range(cfg.count_layers)
+        )
+        keep = max(keep, cfg.count_layers + 1)
     set_trainable(model, cfg.train_lm)
     model.train()
     batches = length_grouped_batches(examples, cfg.batch_size, random.Random(cfg.seed))
@@ -151,9 +178,13 @@ def run_stage(
             slots = batch.input_ids == model.config.image_token_id
             outputs = layer_inputs[1 : len(heads) + 1]
             loss = loss + cfg.place_weight * place_loss(heads, outputs, slots, centers[rows])
+        if counters is not None:
+            outputs = layer_inputs[1 : len(counters) + 1]
+            loss = loss + cfg.count_weight * count_readout_loss(counters, outputs, [counted[i] for i in chosen])
         return loss
 
-    params = list(model.parameters()) + (list(heads.parameters()) if heads is not None else [])
+    params = list(model.parameters())
+    params += [p for extra in (heads, counters) if extra is not None for p in extra.parameters()]
     with training_attention(model), compiled_layers(model.model.language_model.layers, cfg.optim.compile):
         history = train(params, loss_fn, cfg.optim, cfg.name, evaluate, eval_every, progress, on_step)
     model.eval()
@@ -170,6 +201,29 @@ def place_loss(
         center_loss(head, h[slots].view(n, patches, -1), centers) for head, h in zip(heads, layer_outputs, strict=True)
     ]
     return torch.stack(losses).mean()
+
+
+def count_targets(targets: Sequence[Target]) -> list[tuple[int, int, int]]:
+    """(position, layer of the counting head, how many objects it counts) for each counting-head target."""
+    return [(t.position, t.layer, counted_number(t)) for t in targets if (t.layer, t.head) in COUNTING_HEADS]
+
+
+def count_readout_loss(
+    heads: Sequence[torch.nn.Module], layer_outputs: Sequence[torch.Tensor], counted: Sequence[Sequence[tuple]]
+) -> torch.Tensor:
+    """Cross-entropy of `heads[l]`'s read-out of `layer_outputs[l]` (B, T, H) against the number counted at each
+    of `counted[b]`'s (position, counting head's layer, number), on the layers from that head's on; the mean
+    over every (layer, position) read. Zero when the batch counts nothing."""
+    logits, numbers = [], []
+    for layer, (head, h) in enumerate(zip(heads, layer_outputs, strict=True)):
+        at = [(b, pos, n) for b, row in enumerate(counted) for pos, from_layer, n in row if from_layer <= layer]
+        if at:
+            rows, positions, n = (torch.tensor(v, device=h.device) for v in zip(*at, strict=True))
+            logits.append(head(h[rows, positions]).float())
+            numbers.append(n)
+    if not logits:
+        return layer_outputs[0].new_zeros(())
+    return torch.nn.functional.cross_entropy(torch.cat(logits), torch.cat(numbers))
 
 
 def pretrain_lm(

@@ -596,17 +596,22 @@ def test_the_count_read_out_reads_the_number_each_counting_look_counts(tmp_path)
     processor = AutoProcessor.from_pretrained(ckpt)
     model = LlavaForConditionalGeneration.from_pretrained(ckpt)
     tok, n_img = processor.tokenizer, model.config.image_seq_length
-    qas = [("How many red shapes are there?", "One."), ("How many circles?", "One.")]
+    qas = [
+        ("How many shapes are there?", "Three."), ("How many red shapes are there?", "One."),
+        ("Is there a blue circle?", "Yes."), ("How many circles?", "One."),
+    ]  # fmt: skip
     example = encode_record(teacher.to_record("r", "x.png", qas), tok, n_img)
     stage = StageConfig("t", 8, OptimConfig(steps=1, lr=1e-3, warmup=1), True, ground_weight=1.0, ground_count=True)
     (targets,) = stage_targets(stage, [example], {"x.png": _scene()}, tok, model.config)
-    # each counting look's number is how many objects of _scene() it counts: "red" 1, "shapes" 3, "are" (red
-    # shapes) 1, "circles" 1, the token after it 1
+    # read out: the counting looks of a "how many" of a kind, each the number of _scene()'s objects it counts
+    # ("red" 1, "are" after "red shapes" 1, "circles" 1, the token after it 1); not the whole picture's count, nor
+    # the looks of other questions
     counted = count_targets(targets)
     words = [tok.decode([example.input_ids[p]]).strip().removesuffix("###") for p, _, _ in counted]
     assert list(zip(words, [(layer, n) for _, layer, n in counted], strict=True)) == [
-        ("red", (0, 1)), ("shapes", (0, 3)), ("are", (1, 1)), ("circles", (0, 1)), ("?", (1, 1)),
+        ("red", (0, 1)), ("are", (1, 1)), ("circles", (0, 1)), ("?", (1, 1)),
     ]  # fmt: skip
+    assert sum((t.layer, t.head) in (COUNT_HEAD, PAIR_COUNT_HEAD) for t in targets) > len(counted)
     # the loss: every position's read-out on the layers from its head's on, one cross-entropy over all of them
     batch = collate([example, example], tok.pad_token_id)
     torch.manual_seed(0)
@@ -619,7 +624,7 @@ def test_the_count_read_out_reads_the_number_each_counting_look_counts(tmp_path)
         torch.nn.functional.cross_entropy(heads[layer](embeds[layer][b, p]), torch.tensor(n))
         for layer, b, p, n in reads
     ]).mean()  # fmt: skip
-    assert len(reads) == (3 + 2) + (5 + 2) and torch.isclose(got, want)  # layer 0: the layer-0 looks only
+    assert len(reads) == (2 + 1) + (4 + 2) and torch.isclose(got, want)  # layer 0: the layer-0 looks only
     assert float(count_readout_loss(heads, embeds, [[], []])) == 0.0
     # a stage with it: the counting heads are needed, no more layers than the LM has; it adds to the loss
     pictures = make_pictures(random.Random(4), 6, "c")

@@ -110,6 +110,7 @@ class Target:
     start: int  # first key position the target covers (the first image token, say)
     weights: torch.Tensor  # (n,) where the head should look over positions start..start+n-1, sums to 1
     importance: float = 1.0  # its share of the loss against the others' 1 (rare look-ups can count for more)
+    asked: bool = False  # a counting look in a "how many" question of a kind (`asks_count`)
 
 
 def word_ids(tokenizer) -> dict[int, tuple[str, str]]:
@@ -168,6 +169,7 @@ def example_targets(
     count: bool = False,
     linked: ObjectWords | None = None,
     count_center: bool = False,
+    many: int | None = None,
 ) -> list[Target]:
     """The supervised positions of one example: its shape and colour words after the picture whose
     objects are in the scene (a question about an absent shape has nothing to look at), and the tokens
@@ -175,7 +177,7 @@ def example_targets(
     phrase names nothing there; with `count`, the counting heads at every shape and colour word and at
     "shapes" / "objects", and after every one of those nouns (with `count_center`, each object's share on the
     patches around its centre); with `linked`, "object is a" after a colour word (NEXT_HEAD, the objects of that
-    colour)."""
+    colour). `many`, the token id of " many": the counting looks of a "how many" question are marked `asked`."""
     ids = example.input_ids
     if image_token_id not in ids:
         return []
@@ -188,12 +190,30 @@ def example_targets(
         ids, start + n_image_tokens, scene.objects, words, absent, count, linked
     ):
         if layer_head in COUNTING_HEADS:
-            out.append(Target(pos, *layer_head, 0, _counted(objects, grid, start, count_center)))
+            asked = many is not None and asks_count(ids, pos, layer_head, words, many)
+            out.append(Target(pos, *layer_head, 0, _counted(objects, grid, start, count_center), asked=asked))
         elif objects:
             out.append(Target(pos, *layer_head, start, _cover(objects, grid)))
         else:  # nothing to find: the first token, so "found it or not" is one signal, not half a match
             out.append(Target(pos, *layer_head, 0, torch.ones(1)))
     return out
+
+
+def asks_count(ids: Sequence[int], pos: int, layer_head: tuple[int, int], words: dict[int, tuple[str, str]],
+               many: int) -> bool:  # fmt: skip
+    """Whether the counting look at `pos` answers a "how many" of one colour or shape: the colour or shape word
+    right after "many" ("How many red shapes", "How many squares"), or the token after such a question's noun
+    ("are"). The whole picture's count ("How many shapes") is not one."""
+
+    def kind(p: int) -> str:
+        return words.get(ids[p], ("", ""))[0]
+
+    if layer_head == COUNT_HEAD:
+        return ids[pos - 1] == many and kind(pos) in ("shape", "color")
+    noun = pos - 1
+    return (kind(noun) == "shape" and ids[noun - 1] == many) or (
+        kind(noun) in ("shape", "any") and kind(noun - 1) == "color" and ids[noun - 2] == many
+    )
 
 
 def word_looks(ids: Sequence[int], begin: int, things: Sequence, words: dict[int, tuple[str, str]], absent: bool,
@@ -297,6 +317,7 @@ def grounding_targets(
     (examples that answer "The answer is X.")."""
     words = word_ids(tokenizer)
     pieces = TokenText(tokenizer)
+    (many,) = tokenizer(" many", add_special_tokens=False).input_ids
     linked = object_words(tokenizer) if link else None
 
     def of(e: Example) -> list[Target]:
@@ -304,7 +325,7 @@ def grounding_targets(
         if e.image is not None:
             scene = scenes[e.image]
             targets += example_targets(
-                e, scene, words, image_token_id, n_image_tokens, absent, count, linked, count_center
+                e, scene, words, image_token_id, n_image_tokens, absent, count, linked, count_center, many
             )
             targets += phrase_targets(e, scene, pieces, image_token_id, n_image_tokens)
             if extreme:

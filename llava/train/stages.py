@@ -67,10 +67,11 @@ class StageConfig:
     place_weight: float = 0.0
     # with place_weight, the read-out on the first this many decoder layers' outputs only; 0: on every layer
     place_layers: int = 0
-    # every position a counting head learns to look from (`ground_count`: a shape or colour word, "shapes", the
-    # token after such a noun) reads out how many objects that head counts there, 0 to MAX_OBJECTS, through a
-    # linear classifier per layer (dropped after the stage) on the outputs of the layers from the counting head's
-    # own up to layer count_layers - 1 (`count_readout_loss`); the weight of that cross-entropy; 0: off
+    # in a "how many" question of a colour or shape, where a counting head looks from (`ground_count`: the word
+    # after "many", the token after the question's noun; `llava.train.ground.asks_count`), the token reads out how
+    # many objects that head counts, 0 to MAX_OBJECTS, through a linear classifier per layer (dropped after the
+    # stage) on the outputs of the layers from the counting head's own up to layer count_layers - 1
+    # (`count_readout_loss`); the weight of that cross-entropy; 0: off
     count_weight: float = 0.0
     count_layers: int = 2
     # a picture's records in one row, sharing the system prompt and image tokens (llava.train.sequences.pack):
@@ -204,8 +205,11 @@ def place_loss(
 
 
 def count_targets(targets: Sequence[Target]) -> list[tuple[int, int, int]]:
-    """(position, layer of the counting head, how many objects it counts) for each counting-head target."""
-    return [(t.position, t.layer, counted_number(t)) for t in targets if (t.layer, t.head) in COUNTING_HEADS]
+    """(position, layer of the counting head, how many objects it counts) of the counting looks of "how many"
+    questions of a kind (`asked`)."""
+    return [
+        (t.position, t.layer, counted_number(t)) for t in targets if t.asked and (t.layer, t.head) in COUNTING_HEADS
+    ]
 
 
 def count_readout_loss(

@@ -22,7 +22,9 @@ attention heads are taught where to look, each patch weighted by how much of it 
   triangle: all on the first token). An object's share is spread over the patches by how much of each its box
   covers, or, with `count_center`, bilinearly over the (up to) four patches around its box's centre, so a head
   need not know how many patches an object covers to give each the same share. Other heads than those the
-  look-ups above use, so these keep their targets;
+  look-ups above use, so these keep their targets. Those of a "how many" question of one colour or shape are
+  marked `asked` (`asks_count`): the chat stage's count read-out (`StageConfig.count_weight`) reads the number
+  there;
 - layer 1, head 2: in an object phrase of an answer ("a large red circle", "the red circle"), at the article,
   size and colour words (each predicts the next word of the phrase: which object a description names next, or
   which one is "furthest to the right", is chosen here), the object the phrase names;
@@ -63,7 +65,7 @@ import bisect
 import functools
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy
 import torch
@@ -462,13 +464,10 @@ def moved(packed: Example, member: int, target: Target) -> Target:
     last = target.start + len(target.weights) - 1
     if target.start < packed.prefix <= last:
         raise ValueError(f"a target's keys {target.start}..{last} straddle the packed prefix ({packed.prefix})")
-    return Target(
-        packed.packed_index(member, target.position),
-        target.layer,
-        target.head,
-        packed.packed_index(member, target.start),
-        target.weights,
-        target.importance,
+    return replace(
+        target,
+        position=packed.packed_index(member, target.position),
+        start=packed.packed_index(member, target.start),
     )
 
 

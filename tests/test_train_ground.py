@@ -51,7 +51,7 @@ from llava.train.ground import (
 )
 from llava.train.loop import OptimConfig
 from llava.train.pixels import normalize, to_uint8
-from llava.train.sequences import collate, encode_record
+from llava.train.sequences import collate, encode_record, pack_by_picture
 from llava.train.stages import StageConfig, count_readout_loss, count_targets, run_stage, stage_targets
 
 
@@ -612,6 +612,17 @@ def test_the_count_read_out_reads_the_number_each_counting_look_counts(tmp_path)
         ("red", (0, 1)), ("are", (1, 1)), ("circles", (0, 1)), ("?", (1, 1)),
     ]  # fmt: skip
     assert sum((t.layer, t.head) in (COUNT_HEAD, PAIR_COUNT_HEAD) for t in targets) > len(counted)
+    # in a packed row (`pack_by_picture`) each member's read-outs move with its tokens
+    second = encode_record(teacher.to_record("r", "x.png", [("How many blue shapes are there?", "Two.")]), tok, n_img)
+    (packed,) = pack_by_picture([example, second])
+    (row,) = stage_targets(stage, [packed], {"x.png": _scene()}, tok, model.config)
+    (alone,) = stage_targets(stage, [second], {"x.png": _scene()}, tok, model.config)
+    assert count_targets(row) == [
+        (packed.packed_index(k, p), layer, n)
+        for k, m in enumerate((counted, count_targets(alone)))
+        for p, layer, n in m
+    ]
+    assert [n for _, _, n in count_targets(alone)] == [2, 2]  # "blue", "are"
     # the loss: every position's read-out on the layers from its head's on, one cross-entropy over all of them
     batch = collate([example, example], tok.pad_token_id)
     torch.manual_seed(0)

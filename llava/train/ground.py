@@ -319,7 +319,8 @@ def grounding_targets(
     (examples that answer "The answer is X.")."""
     words = word_ids(tokenizer)
     pieces = TokenText(tokenizer)
-    (many,) = tokenizer(" many", add_special_tokens=False).input_ids
+    many_ids = tokenizer(" many", add_special_tokens=False).input_ids
+    many = many_ids[0] if len(many_ids) == 1 else None  # in pieces (a small vocabulary): no question is marked
     linked = object_words(tokenizer) if link else None
 
     def of(e: Example) -> list[Target]:
